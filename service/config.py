@@ -1,0 +1,58 @@
+"""Service settings: one pydantic-settings class read from `ALLOCATOR_*` environment variables."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one replica (`ALLOCATOR_MODEL_DIR`, `ALLOCATOR_REDIS_URL`, …)."""
+
+    model_config = SettingsConfigDict(env_prefix="ALLOCATOR_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path = Field(default=Path("models/default"), description="artifact directory (model.onnx, …)")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db; unset → in-process store")
+    redis_prefix: str = Field(default="allocator", min_length=1, description="prefix of every Redis key/channel")
+    admin_token: SecretStr | None = Field(default=None, description="bearer token for POST /budget; unset → disabled")
+    max_batch: int = Field(default=10_000, gt=0, description="individuals per /allocate request (413 above)")
+    max_body_bytes: int = Field(default=64 * 2**20, gt=0, description="request body limit (413 above)")
+    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    log_level: str = Field(default="INFO")
+    refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
+    redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {value!r}")
+        return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("admin_token must be at least 16 characters")
+        return value
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level]

@@ -1,0 +1,148 @@
+"""The λ* this replica serves per campaign, kept in memory so /allocate never waits on the store.
+
+`BudgetSolver` sweeps the loaded model's predictions on the reference population once (the exact λ path
+of `service.decision.sweep`); any budget after that is a binary search. `LambdaTable` turns stored records
+into served λ*: a record solved for another model version is re-solved for its budget with this model
+first (DESIGN.md §5), so a λ* never serves a model it was not solved for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from service.artifact import Artifact
+from service.decision import BudgetError, BudgetSweep, Solution, sweep
+from service.state import LambdaRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "manifest default"
+
+
+class BudgetSolver:
+    """λ* for any per-capita budget on the reference population, for one loaded model."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.model_version = artifact.model_version
+        revenue, cost = artifact.predict(artifact.population)  # (M, K) each
+        started = time.perf_counter()
+        self.sweep: BudgetSweep = sweep(revenue, cost)
+        log.info(
+            "swept %d reference rows in %.1f ms (per-capita spend %.4g to %.4g)",
+            self.sweep.n_rows,
+            1e3 * (time.perf_counter() - started),
+            self.sweep.min_spend / self.sweep.n_rows,
+            self.sweep.max_spend / self.sweep.n_rows,
+        )
+
+    @property
+    def population_size(self) -> int:
+        return self.sweep.n_rows
+
+    def solve(self, budget_per_capita: float) -> Solution:
+        """Exact λ*; BudgetError when the budget is below the cheapest policy's per-capita cost."""
+        return self.sweep.solve_per_capita(budget_per_capita, with_assignment=False)
+
+    def cheapest_lambda(self) -> float:
+        """A λ at which argmax_j (r − λc) (ties to the cheaper) puts every row on its cheapest hull vertex."""
+        return float(-self.sweep.neg_slope[0]) if self.sweep.neg_slope.size else 0.0
+
+    def record(self, campaign: str, budget_per_capita: float, solution: Solution) -> LambdaRecord:
+        return LambdaRecord(
+            campaign=campaign,
+            lam=solution.lam,
+            budget_per_capita=budget_per_capita,
+            model_version=self.model_version,
+            solved_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            spend_per_capita=solution.spend_per_capita,
+            revenue_per_capita=solution.revenue_per_capita,
+        )
+
+
+@dataclass(frozen=True)
+class Served:
+    """What /allocate uses for a campaign: λ*, the record version, and where λ* came from."""
+
+    lam: float
+    version: int
+    source: str
+    record: LambdaRecord
+
+
+class LambdaTable:
+    """campaign → Served, the manifest default for campaigns without a record, and the store's health."""
+
+    def __init__(self, solver: BudgetSolver, default_lambda: float, default_budget_per_capita: float) -> None:
+        self.solver = solver
+        try:  # what the manifest's default budget spends and earns with this model (normally λ* = default_lambda)
+            solution = solver.solve(default_budget_per_capita)
+            spend, revenue = solution.spend_per_capita, solution.revenue_per_capita
+        except BudgetError:
+            spend = revenue = float("nan")
+        default = LambdaRecord(
+            campaign="default",
+            lam=default_lambda,
+            budget_per_capita=default_budget_per_capita,
+            model_version=solver.model_version,
+            solved_at="",
+            spend_per_capita=spend,
+            revenue_per_capita=revenue,
+        )
+        self.default = Served(default_lambda, 0, DEFAULT_SOURCE, default)
+        self._served: dict[str, Served] = {}
+        self.store_up = False
+        self.store_error: str | None = None
+        self.synced_at: float | None = None  # monotonic time of the last full resync; None: never
+
+    def current(self, campaign: str) -> Served:
+        return self._served.get(campaign, self.default)
+
+    def campaigns(self) -> dict[str, Served]:
+        return dict(self._served)
+
+    def known_records(self) -> list[LambdaRecord]:
+        return [served.record for served in self._served.values()]
+
+    def apply(self, record: LambdaRecord) -> bool:
+        """Serve `record` if it is newer than what is served; returns whether it changed anything."""
+        current = self._served.get(record.campaign)
+        if current is not None and current.version >= record.version:
+            return False
+        self._served[record.campaign] = self._serve(record)
+        return True
+
+    def _serve(self, record: LambdaRecord) -> Served:
+        if record.model_version == self.solver.model_version:
+            return Served(record.lam, record.version, "store", record)
+        # Solved on another model's predictions: re-solve the same budget with this model before serving it.
+        try:
+            lam = self.solver.solve(record.budget_per_capita).lam
+            source = f"store, re-solved for model {self.solver.model_version}"
+        except BudgetError:
+            lam = self.solver.cheapest_lambda()
+            source = f"store, budget infeasible for model {self.solver.model_version}: cheapest policy"
+            log.error("campaign %s: budget %.4g infeasible for this model", record.campaign, record.budget_per_capita)
+        log.info(
+            "campaign %s: record v%d was solved for model %s; serving λ*=%.6g for model %s",
+            record.campaign,
+            record.version,
+            record.model_version,
+            lam,
+            self.solver.model_version,
+        )
+        return Served(lam, record.version, source, record)
+
+    def mark_store(self, up: bool, error: str | None = None) -> None:
+        if up and not self.store_up:
+            log.info("λ* store up")
+        elif not up and self.store_up:
+            log.warning("λ* store down: %s", error)
+        self.store_up = up
+        self.store_error = error
+
+    @property
+    def synced(self) -> bool:
+        return self.synced_at is not None

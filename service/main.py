@@ -1,0 +1,139 @@
+"""The FastAPI application: lifespan (load model, connect store), request logging, error mapping, routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings
+from service.errors import RequestError, StoreUnavailableError
+from service.routes import allocate, budget, system
+from service.runtime import start_runtime, stop_runtime
+
+log = logging.getLogger("service.requests")
+
+ENDPOINTS = frozenset({"/allocate", "/budget", "/model", "/healthz", "/readyz", "/metrics"})
+QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level only
+
+
+class RequestLog:
+    """ASGI middleware: request id, latency histogram, Server-Timing header, one structured log line.
+
+    Handlers add fields (campaign, batch size, λ version) to `scope["log"]`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        fields: dict[str, Any] = {}
+        scope["log"] = fields
+        status_code = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                elapsed_ms = 1e3 * (time.perf_counter() - started)
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"server-timing", f"app;dur={elapsed_ms:.3f}".encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, request_id, status_code, time.perf_counter() - started, fields)
+
+    @staticmethod
+    def _record(scope: Scope, request_id: str, status_code: int, seconds: float, fields: dict[str, Any]) -> None:
+        path = scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"
+        runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+        if runtime is not None:
+            runtime.metrics.latency.labels(endpoint=endpoint, status=str(status_code)).observe(seconds)
+            fields.setdefault("model_version", runtime.artifact.model_version)
+        line = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": endpoint,
+            "status": status_code,
+            "latency_ms": round(1e3 * seconds, 3),
+            **fields,
+        }
+        log.log(logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO, "%s", orjson.dumps(line).decode())
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            text = value.decode("latin-1")
+            return text[:128] if text.isprintable() else None
+    return None
+
+
+def _request_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestError)  # registered for RequestError only
+    return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+
+def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    """422 naming each bad field; the input is not echoed (it may hold values JSON cannot encode, like inf)."""
+    assert isinstance(error, RequestValidationError)  # registered for RequestValidationError only
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+        problems.append(f"{field}: {item.get('msg', 'invalid')}")
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _store_unavailable(_: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"λ* store unavailable: {error}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app; `settings` None reads them from ALLOCATOR_* environment variables."""
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("service").setLevel(settings.log_level_number)
+        app.state.runtime = await start_runtime(settings)
+        try:
+            yield
+        finally:
+            await stop_runtime(app.state.runtime)
+
+    app = FastAPI(
+        title="dfcl-allocator",
+        summary="Budgeted coupon allocation: argmax_j (revenue − λ*·cost) with a decision-focused model",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestLog)
+    app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StoreUnavailableError, _store_unavailable)
+    app.include_router(allocate.router)
+    app.include_router(budget.router)
+    app.include_router(system.router)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP routers: thin handlers over the plain functions in `service.allocation`."""

@@ -1,0 +1,66 @@
+"""Everything a replica loads once at startup and keeps on `app.state.runtime` (DESIGN.md §3, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from service.artifact import Artifact, load_artifact
+from service.config import Settings
+from service.errors import StoreUnavailableError
+from service.features import FeatureEncoder
+from service.lambdas import BudgetSolver, LambdaTable
+from service.metrics import Metrics
+from service.state import LambdaStore, open_store
+from service.sync import keep_in_sync, resync
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    artifact: Artifact
+    encoder: FeatureEncoder
+    solver: BudgetSolver
+    table: LambdaTable
+    store: LambdaStore
+    metrics: Metrics
+    sync_task: asyncio.Task[None] | None
+
+
+async def start_runtime(settings: Settings) -> Runtime:
+    """Load and check the artifact, sweep its reference population, connect the store and sync λ*.
+
+    A broken artifact raises ValueError (the process refuses to start); an unreachable Redis does not: the
+    replica starts unready and the sync task keeps trying.
+    """
+    artifact = load_artifact(settings.model_dir, threads=settings.threads)
+    manifest = artifact.manifest
+    solver = BudgetSolver(artifact)
+    table = LambdaTable(solver, manifest.default_lambda, manifest.default_budget_per_capita)
+    store = open_store(settings.redis_url, settings.redis_prefix, settings.redis_timeout_seconds)
+    metrics = Metrics(manifest.treatment_names, artifact.model_version, manifest.method, store.backend)
+    task: asyncio.Task[None] | None = None
+    if store.backend == "in-process":
+        table.synced_at = time.monotonic()
+        table.mark_store(True)
+    else:
+        try:
+            await resync(store, table)
+        except StoreUnavailableError as error:
+            table.mark_store(False, str(error))
+            log.warning("starting without λ* records: %s", error)
+        task = asyncio.create_task(keep_in_sync(store, table, settings.refresh_seconds), name="lambda-sync")
+    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task)
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    if runtime.sync_task is not None:
+        runtime.sync_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.sync_task
+    await runtime.store.close()

@@ -1,0 +1,116 @@
+"""Request and response models of the API (DESIGN.md §4), as they appear in OpenAPI at /docs.
+
+`AllocateRequest` documents the /allocate body but does not parse it (see `service.payload`); the
+/budget body is small and is parsed by `BudgetRequest`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.payload import CAMPAIGN_PATTERN
+
+CAMPAIGN_FIELD = Field(default="default", pattern=CAMPAIGN_PATTERN.pattern, description="campaign name")
+
+
+class Individual(BaseModel):
+    id: str | int = Field(description="echoed back in the allocation")
+    features: dict[str, float | str] | list[float] = Field(
+        description="object keyed by feature name (raw categorical values allowed) or an array in manifest order"
+    )
+    allowed_treatments: list[int] | None = Field(default=None, description="treatment ids this individual may get")
+
+
+class AllocateRequest(BaseModel):
+    campaign: str = CAMPAIGN_FIELD
+    individuals: list[Individual] = Field(min_length=1, description="at most ALLOCATOR_MAX_BATCH individuals")
+
+
+class Allocation(BaseModel):
+    id: str | int
+    treatment: int
+    treatment_name: str
+    expected_revenue: float
+    expected_cost: float
+
+
+class AllocateResponse(BaseModel):
+    allocations: list[Allocation] = Field(description="one per individual, in request order")
+    model_version: str
+    lambda_: float = Field(alias="lambda", description="λ* used: argmax_j (revenue − λ*·cost)")
+    lambda_version: int = Field(description="version of the λ* record (0: the manifest's default)")
+
+
+class BudgetRequest(BaseModel):
+    """A new budget: per capita, or a total over `population_size` individuals."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: str = CAMPAIGN_FIELD
+    budget_per_capita: float | None = Field(default=None, description="expected cost per individual")
+    total_budget: float | None = Field(default=None, description="total expected cost; needs population_size")
+    population_size: int | None = Field(default=None, description="individuals the total budget covers")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> BudgetRequest:
+        if (self.budget_per_capita is None) == (self.total_budget is None):
+            raise ValueError("give exactly one of budget_per_capita or total_budget (with population_size)")
+        for name in ("budget_per_capita", "total_budget"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value <= 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if self.total_budget is not None:
+            if self.population_size is None or self.population_size <= 0:
+                raise ValueError("population_size must be a positive integer when total_budget is given")
+        elif self.population_size is not None:
+            raise ValueError("population_size only goes with total_budget")
+        return self
+
+    @property
+    def per_capita(self) -> float:
+        if self.budget_per_capita is not None:
+            return self.budget_per_capita
+        return float(self.total_budget) / float(self.population_size)  # type: ignore[arg-type]
+
+
+class LambdaOut(BaseModel):
+    """The λ* a replica serves for a campaign and where it came from."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    campaign: str
+    lambda_: float = Field(alias="lambda")
+    version: int = Field(description="monotonically increasing per campaign; 0 = the manifest's default")
+    source: str = Field(description="'store', 'store, re-solved for this model' or 'manifest default'")
+    budget_per_capita: float
+    expected_cost_per_capita: float | None
+    expected_revenue_per_capita: float | None
+    model_version: str = Field(description="model this λ* is for (the loaded one)")
+    solved_at: str | None
+
+
+class BudgetOut(LambdaOut):
+    solve_ms: float = Field(description="server time to solve λ* on the reference population")
+    population_size: int = Field(description="rows of the reference population")
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with every `$ref` replaced by its definition (for `openapi_extra`)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved

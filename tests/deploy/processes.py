@@ -1,0 +1,95 @@
+"""Helpers for the deployment tests: free ports, clean environments, `python -m service` replicas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = ROOT / "models" / "default"
+ADMIN_TOKEN = "deploy-test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The parent environment without any ALLOCATOR_* or PYTHONPATH leaking in, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOCATOR_") and k != "PYTHONPATH"}
+    env.update(settings)
+    return env
+
+
+@dataclass
+class Replica:
+    """One `python -m service` process and its base URL."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_replica(
+    python: str | Path, env: Mapping[str, str], cwd: Path, log: Path, *, ready_timeout: float = 90.0
+) -> Replica:
+    """Start the service on a free port and wait until /readyz answers 200 (model loaded, λ* known)."""
+    port = free_port()
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [str(python), "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=dict(env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+    handle.close()
+    replica = Replica(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"service exited with {process.returncode} before it was ready:\n{replica.logs()}")
+        try:
+            if httpx.get(f"{replica.url}/readyz", timeout=1.0).status_code == 200:
+                return replica
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    replica.stop()
+    pytest.fail(f"service not ready within {ready_timeout} s:\n{replica.logs()}")
+
+
+def individuals_from_population(model: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """`count` request individuals keyed by GET /model's feature names, valued from population.npz rows."""
+    names = [str(n) for n in model["features"]]
+    with np.load(MODEL_DIR / "population.npz") as population:
+        rows = population["features"][:count]  # (count, D) in manifest feature order
+    return [
+        {"id": f"user-{i}", "features": {name: float(v) for name, v in zip(names, row, strict=True)}}
+        for i, row in enumerate(rows)
+    ]
