@@ -15,10 +15,11 @@ Validation (RCT) is the only data any method tunes or stops on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from training.evaluate import (
     random_curve,
 )
 from training.hybrid import build_hybrid
-from training.methods import train_method
+from training.methods import method_config, train_method
 from training.network import predict
 from training.report import write_report
 from training.synthetic import SyntheticSpec, write_benchmark
@@ -172,6 +173,38 @@ def _train_run(name: str, splits: Splits, seed: int, progress: bool) -> tuple[An
     return model, info, time.perf_counter() - started
 
 
+def run_fingerprint(name: str, splits: Splits, seed: int) -> str:
+    """What a run's test predictions depend on besides the code: method, its full config, seed and data sizes."""
+    method, split = ALIASES.get(name, (name, "rct_train"))
+    config = asdict(method_config(method, {"seed": seed}))
+    blob = json.dumps({"name": name, "split": split, "config": config, "rows": splits.describe}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_predictions(
+    name: str, splits: Splits, seed: int, cache: Path, fresh: bool, progress: bool
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """Test-set (revenue, cost) of run `name` and its training seconds, trained or read from `cache`.
+
+    The cache lets a long benchmark be resumed, or its seeds run in parallel processes sharing `--work`; a file
+    is reused only when its fingerprint (method config, seed, data sizes) matches. `fresh` retrains regardless
+    (do that after changing training code).
+    """
+    path = cache / f"{name}.npz"
+    key = run_fingerprint(name, splits, seed)
+    if not fresh and path.exists():
+        with np.load(path) as stored:
+            if str(stored["fingerprint"]) == key:
+                return stored["revenue"], stored["cost"], float(stored["seconds"])
+    model, _info, took = _train_run(name, splits, seed, progress)
+    revenue, cost = predict(model, splits.rct_test.features)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp.npz")  # written whole, then renamed: a parallel reader never sees half a file
+    np.savez(partial, revenue=revenue, cost=cost, seconds=took, fingerprint=key)
+    partial.replace(path)
+    return revenue, cost, took
+
+
 def hierarchical_interval(
     per_seed: list[dict[str, NDArray[np.float64]]], method: str, reference: str, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -244,6 +277,7 @@ def run_benchmark(
     n_boot: int = 200,
     progress: bool = True,
     say: Say = lambda message: None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every method for every seed; write tables, JSON and plots under `out/<suite>`."""
     if REFERENCE not in methods:
@@ -258,10 +292,11 @@ def run_benchmark(
         budgets = budget_grid(splits.rct_test)
         predictions: Predictions = {}
         seconds: dict[str, float] = {}
+        cache = work / suite / f"seed{seed}" / "predictions"
         for name in methods:
-            say(f"[{suite} seed {seed}] training {name}")
-            model, _info, took = _train_run(name, splits, seed, progress)
-            predictions[name] = predict(model, splits.rct_test.features)
+            say(f"[{suite} seed {seed}] {name}")
+            revenue, cost, took = cached_predictions(name, splits, seed, cache, fresh, progress)
+            predictions[name] = (revenue, cost)
             seconds[name] = took
         evaluation = evaluate_predictions(predictions, splits.rct_test, budgets, REFERENCE, n_boot, seed)
         areas = dict(evaluation.areas)

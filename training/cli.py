@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-list", type=_ints, help="explicit comma-separated seeds instead of --seeds")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per seed")
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="directory for tables and plots")
-    p.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="scratch directory for data")
+    p.add_argument(
+        "--work", type=Path, default=Path("runs/benchmark"), help="scratch directory for data and cached predictions"
+    )
+    p.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing cached predictions")
     p.add_argument("--quiet", action="store_true")
     return parser
 

@@ -225,5 +225,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
     for name in methods:
         get_method(name)
     benchmark.run_benchmark(
-        args.suite, methods, seeds, args.out, args.work, n_boot=args.bootstrap, progress=not args.quiet, say=say
+        args.suite,
+        methods,
+        seeds,
+        args.out,
+        args.work,
+        n_boot=args.bootstrap,
+        progress=not args.quiet,
+        say=say,
+        fresh=args.fresh,
     )
