@@ -72,14 +72,15 @@ def small_config(**changes: object) -> BiDFCLConfig:
 
 def test_fit_lowers_upper_loss_and_returns_working_network(data: tuple[Logs, Logs, Logs]) -> None:
     obs, rct, val = data
-    model, history = fit_bidfcl(obs, rct, val, small_config(), progress=False)
+    model, history = fit_bidfcl(obs, rct, val, small_config(epochs=8), progress=False)
     upper = history["upper_loss"]
     assert math.isnan(upper[0])  # warm start: no upper steps
-    assert upper[-1] < upper[1]  # the decision loss on fresh RCT batches goes down
-    assert history["bridge_updates"] == 4 * math.ceil(3000 / 128 / 5)
+    # The decision loss on fresh RCT batches goes down (per epoch it is noisy: compare the last three epochs).
+    assert np.mean(upper[-3:]) < upper[1]
+    assert history["bridge_updates"] == 7 * math.ceil(3000 / 128 / 5)
     assert all(it > 0 for it in history["cg_iterations"][1:])
     assert history["gate_mean"][0] == 0.5 and history["gate_mean"][-1] != 0.5  # the bridge moved
-    assert len(history["seconds"]) == 5 and history["best_epoch"] >= 0
+    assert len(history["seconds"]) == 8 and history["best_epoch"] >= 0
     # Working network: finite predictions, and better validation decisions than an untrained one.
     revenue, cost = predict(model, val.features)
     assert revenue.shape == (1500, 3) and np.isfinite(revenue).all() and (cost >= 0).all()

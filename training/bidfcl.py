@@ -27,6 +27,7 @@ from training.dataset import Logs
 from training.evaluate import budget_grid, curve_area, eom_curve
 from training.hypergradient import CGResult, explicit_hypergradient, flatten, implicit_hypergradient
 from training.network import NetworkConfig, OutcomeNet, predict, split_outcomes, standardisation
+from training.train import TrainConfig, fit_single_level
 from training.upper_losses import ipw_lambdas, pifd_loss, ppl_loss
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class BiDFCLConfig:
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     pifd_gap_quantile: float = 0.1
     pifd_gap_floor: float = 1e-3
-    teacher_epochs: int = 30
+    teacher_epochs: int = 60  # the TSM trainer's default; it stops early on validation
     teacher_lr: float = 1e-3
     seed: int = 0
     patience: int = 10  # epochs after the warm start without validation improvement
@@ -167,27 +168,19 @@ def _take(data: FactualBatch, rows: torch.Tensor) -> FactualBatch:
     )  # fmt: skip
 
 
-def fit_teacher(
-    rct_train: Logs, rct_val: Logs, net_config: NetworkConfig, config: BiDFCLConfig, generator: torch.Generator
-) -> OutcomeNet:
-    """Teacher F_ψ: factual MSE on RCT rows (Adam), best epoch by validation factual MSE; returned frozen."""
-    teacher = OutcomeNet(net_config)
-    optimiser = torch.optim.Adam(teacher.parameters(), lr=config.teacher_lr)
-    data, val = full_batch(rct_train), full_batch(rct_val)
-    best, best_state = math.inf, copy.deepcopy(teacher.state_dict())
-    for _ in range(config.teacher_epochs):
-        teacher.train()
-        order = torch.randperm(data.size, generator=generator)
-        for start in range(0, data.size, config.obs_batch_size):
-            batch = _take(data, order[start : start + config.obs_batch_size])
-            optimiser.zero_grad(set_to_none=True)
-            factual_mse(teacher(batch.features), batch).backward()
-            optimiser.step()
-        with torch.no_grad():
-            score = float(factual_mse(teacher(val.features), val))
-        if score < best:
-            best, best_state = score, copy.deepcopy(teacher.state_dict())
-    teacher.load_state_dict(best_state)
+def fit_teacher(rct_train: Logs, rct_val: Logs, config: BiDFCLConfig) -> OutcomeNet:
+    """Teacher F_ψ: the two-stage S-learner on RCT (`training.train`, method "tsm"), returned frozen.
+
+    METHOD.md §6 allows any uplift model fitted on RCT with factual MSE; using the TSM trainer with the same
+    seed makes the teacher exactly the benchmark's TSM(RCT) model, so Bi-DFCL's gain over it is what OBS data
+    and the bridge add.
+    """
+    if config.teacher_epochs < 1:
+        raise ValueError("teacher_epochs must be >= 1 when no teacher is given")
+    tsm = TrainConfig(
+        method="tsm", epochs=config.teacher_epochs, lr=config.teacher_lr, seed=config.seed, hidden=config.hidden
+    )
+    teacher, _ = fit_single_level(rct_train, rct_val, tsm, progress=False)
     return teacher.eval().requires_grad_(False)
 
 
@@ -304,7 +297,8 @@ def fit_bidfcl(
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
         if teacher is None:
-            teacher = fit_teacher(rct_train, rct_val, net_config, config, generator)
+            teacher = fit_teacher(rct_train, rct_val, config)
+            torch.manual_seed(config.seed)  # the TSM trainer reseeds; start the target from the same state
         target, bridge = OutcomeNet(net_config), OutcomeNet(net_config)
     last = cast(torch.nn.Linear, bridge.body[-1])  # OutcomeNet ends in its output layer
     torch.nn.init.zeros_(last.weight)  # W = σ(0) = 0.5 at the start: half teacher, half target
