@@ -39,6 +39,7 @@ def test_run_writes_table_report_and_reuses_cached_predictions(tiny_suite: Path)
     table = (out / "synthetic" / "summary.md").read_text()
     for row in ("| tsm |", "| tsm-obs |", "| random |", "| oracle-optimum |"):
         assert row in table
+    assert "oracle gap closed" in table and "| 1.00 ± 0.00 |" in table  # the optimum closes all of it
     runs = json.loads((out / "synthetic" / "runs.json").read_text())
     assert [run["seed"] for run in runs] == [0, 1]
     assert (out / "synthetic" / "cost_curves.png").stat().st_size > 0
