@@ -223,7 +223,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     methods = args.methods or benchmark.default_methods(args.suite)
     for name in methods:
-        get_method(name)
+        get_method(benchmark.ALIASES.get(name, (name, ""))[0])  # unknown names fail before any training
     benchmark.run_benchmark(
         args.suite,
         methods,
