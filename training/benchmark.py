@@ -267,7 +267,7 @@ def summary_table(
         row = [name]
         for kind in kinds:
             values = [run["areas"][name][kind] for run in per_seed if name in run["areas"]]
-            row.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "")
+            row.append(f"{np.mean(values):.5g} ± {np.std(values):.2g}" if values else "")
             if name in intervals[kind]:
                 mean, lo, hi = intervals[kind][name]
                 row.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]")
