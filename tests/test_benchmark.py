@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training import benchmark
-from training.benchmark import Splits, cached_predictions, hierarchical_interval, run_benchmark
+from training.benchmark import Splits, cached_predictions, hierarchical_interval, run_benchmark, significant
 from training.config import DatasetConfig
 from training.data import encoding_from_feature_names, load_logs
 from training.synthetic import SyntheticSpec, write_benchmark
@@ -81,3 +81,9 @@ def test_hierarchical_interval_covers_a_constant_improvement() -> None:
     noisy = [{"a": np.ones(200), "b": 1.0 + np.random.default_rng(s).normal(0.02, 0.01, 200)} for s in range(4)]
     mean, lo, hi = hierarchical_interval(noisy, "b", "a")
     assert lo < mean < hi and lo > 0
+
+
+def test_areas_are_printed_with_five_significant_digits() -> None:
+    assert significant(14.0003, 5) == "14.000"
+    assert significant(0.00951049, 5) == "0.0095105"
+    assert significant(123456.7, 5) == "123457"

@@ -239,6 +239,14 @@ def _mean_curve(curves: list[CostCurve]) -> CostCurve:
     )
 
 
+def significant(value: float, digits: int) -> str:
+    """`value` with `digits` significant digits in fixed notation (14.000, 0.0095105), trailing zeros kept."""
+    if value == 0 or not np.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
 def gap_closed(areas: dict[str, dict[str, float]], name: str) -> float:
     """Share of the oracle-area gap between random allocation (0) and the true optimum (1) a run closes.
 
@@ -267,7 +275,7 @@ def summary_table(
         row = [name]
         for kind in kinds:
             values = [run["areas"][name][kind] for run in per_seed if name in run["areas"]]
-            row.append(f"{np.mean(values):.5g} ± {np.std(values):.2g}" if values else "")
+            row.append(f"{significant(float(np.mean(values)), 5)} ± {np.std(values):.2g}" if values else "")
             if name in intervals[kind]:
                 mean, lo, hi = intervals[kind][name]
                 row.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]")
