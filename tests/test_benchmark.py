@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from training import benchmark
-from training.benchmark import Splits, cached_predictions, hierarchical_interval, run_benchmark, significant
+from training.benchmark import Splits, cached_predictions, hierarchical_interval, run_benchmark
 from training.config import DatasetConfig
 from training.data import encoding_from_feature_names, load_logs
+from training.report import significant
 from training.synthetic import SyntheticSpec, write_benchmark
 
 

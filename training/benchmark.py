@@ -41,7 +41,7 @@ from training.evaluate import (
 from training.hybrid import build_hybrid
 from training.methods import method_config, train_method
 from training.network import predict
-from training.report import write_report
+from training.report import significant, write_report
 from training.synthetic import SyntheticSpec, write_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,14 +239,6 @@ def _mean_curve(curves: list[CostCurve]) -> CostCurve:
     )
 
 
-def significant(value: float, digits: int) -> str:
-    """`value` with `digits` significant digits in fixed notation (14.000, 0.0095105), trailing zeros kept."""
-    if value == 0 or not np.isfinite(value):
-        return f"{value:g}"
-    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(value)))))
-    return f"{value:.{decimals}f}"
-
-
 def gap_closed(areas: dict[str, dict[str, float]], name: str) -> float:
     """Share of the oracle-area gap between random allocation (0) and the true optimum (1) a run closes.
 
@@ -357,6 +349,8 @@ def run_benchmark(
         title=f"{suite}: mean cost curves over seeds {seeds}",
         reference=REFERENCE,
         intervals=intervals.get(main),
+        interval_kind=main,
+        interval_method="seeds and, within each, paired bootstrap resamples of the test rows (hierarchical)",
     )
     (target / "summary.md").write_text(table + "\n")
     say(table)

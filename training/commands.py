@@ -184,7 +184,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"--reference {reference!r} is not one of the models: {', '.join(predictions)}")
     budgets = np.asarray(args.budgets, dtype=float) if args.budgets else budget_grid(test, levels=args.levels)
     result = benchmark.evaluate_predictions(predictions, test, budgets, reference, args.bootstrap, seed=0)
-    write_report(result.curves, args.out, title=f"EOM on {args.test}", reference=reference, intervals=result.intervals)
+    kind = "oracle" if test.has_oracle else "ipw"
+    write_report(
+        result.curves,
+        args.out,
+        title=f"EOM on {args.test}",
+        reference=reference,
+        intervals=result.intervals,
+        interval_kind=kind,
+    )
     say(format_table(result.curves, reference=reference, intervals=result.intervals))
     say(f"wrote {args.out}/results.json, results.md and cost_curves.png")
 

@@ -47,6 +47,14 @@ def _areas(curve: CostCurve) -> dict[str, float | None]:
     }
 
 
+def significant(value: float, digits: int) -> str:
+    """`value` with `digits` significant digits in fixed notation (14.000, 0.0095105), trailing zeros kept."""
+    if value == 0 or not np.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
 def _improvement_cell(
     name: str, curves: dict[str, CostCurve], reference: str, intervals: Mapping[str, Interval] | None
 ) -> str:
@@ -75,11 +83,11 @@ def format_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, curve in curves.items():
         areas = _areas(curve)
-        row = [name, f"{areas['area_ipw']:.5g}"]
+        row = [name, significant(curve_area(curve, "ipw"), 5)]
         if oracle:
-            row.append("—" if areas["area_oracle"] is None else f"{areas['area_oracle']:.5g}")
+            row.append("—" if areas["area_oracle"] is None else significant(areas["area_oracle"], 5))
         row.append(_improvement_cell(name, curves, reference, intervals))
-        row += [f"{value:.5g}" for value in curve.revenue_ipw]
+        row += [significant(float(value), 5) for value in curve.revenue_ipw]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -124,8 +132,14 @@ def write_report(
     title: str,
     reference: str = "tsm",
     intervals: Mapping[str, Interval] | None = None,
+    interval_kind: str = "ipw",
+    interval_method: str = "paired bootstrap resamples of the test rows",
 ) -> dict[str, Path]:
-    """Write results.json, results.md and cost_curves.png into `out_dir`; returns their paths by kind."""
+    """Write results.json, results.md and cost_curves.png into `out_dir`; returns their paths by kind.
+
+    `intervals` are improvements over `reference` on the `interval_kind` area ("ipw" or "oracle"), resampled as
+    `interval_method` says.
+    """
     budgets = _check_curves(curves)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,8 +156,13 @@ def write_report(
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     notes = (
         "Cost-curve area = mean per-capita revenue over the budget grid (normalised area under the cost curve). "
-        f"Improvement = (area / area of {reference} − 1)·100 on the IPW area"
-        + (", mean and percentile interval over paired bootstrap resamples of the test rows." if intervals else ".")
+        + (
+            f"Improvement = (area / area of {reference} − 1)·100 on the {interval_kind} area, mean and 95% "
+            f"percentile interval over {interval_method}. "
+            if intervals
+            else f"Improvement = (area / area of {reference} − 1)·100 on the IPW area. "
+        )
+        + "r̄ @ b: IPW EOM per-capita revenue at per-capita budget b."
     )
     paths["markdown"].write_text(f"# {title}\n\n{format_table(curves, reference, intervals)}\n\n{notes}\n")
     _plot(curves, paths["plot"], title)
