@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: serve test lint typecheck unit train model bench redis-server clean
+.PHONY: serve test lint typecheck unit train model bench quality redis-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.solver
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.train_speed
+
+## quality: decision quality of every method on both suites (docs/results/, docs/benchmarks.md; ~1 h from scratch)
+quality: $(VENV)/.dev
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
