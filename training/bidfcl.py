@@ -148,13 +148,6 @@ def lower_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (targets - outputs).square().sum(dim=1).mean()
 
 
-def factual_mse(outputs: torch.Tensor, batch: FactualBatch) -> torch.Tensor:
-    """Teacher loss: mean over rows of (r_i − r̂_{i,t_i})² + (c_i − ĉ_{i,t_i})² (factual cells only)."""
-    mask = factual_mask(batch.treatment, batch.n_treatments)
-    observed = torch.cat([batch.revenue[:, None], batch.cost[:, None]], dim=1)  # (B, 2)
-    return (outputs[mask].view(-1, 2) - observed).square().sum(dim=1).mean()
-
-
 def validation_score(model: OutcomeNet, val: Logs, budgets: NDArray[np.floating]) -> float:
     """Mean IPW EOM per-capita revenue over per-capita `budgets` on RCT validation rows (METHOD.md §7)."""
     revenue, cost = predict(model, val.features)
