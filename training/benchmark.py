@@ -4,6 +4,10 @@ Suites (DESIGN.md §6):
 - synthetic: the coupon benchmark (K = 5) with a hidden confounder in the OBS logging policy; OBS ≫ RCT
   (200k vs 10k rows); the test set carries every potential outcome, so the true (oracle) value of each policy
   is known. A 200k-row RCT set trains `tsm-rich`, the "plenty of RCT" reference of the hybrid regime.
+- synthetic-strong: the same world with the OBS set logged by a sharply targeted campaign whose targeting
+  follows the hidden confounder more closely (selection strength 3, hidden uplift weight 2.5): strong enough
+  that TSM on 200k OBS rows decides worse than TSM on 10k RCT rows, the regime Bi-DFCL exists for. In the
+  default world OBS-only TSM is already within 0.1 of the 200k-RCT reference, leaving little bias to correct.
 - hillstrom: the Hillstrom e-mail RCT (K = 3, revenue = conversion, cost = visit) split by the hybrid builder
   into OBS + RCT train/val/test; a fresh split per seed, since its statistical power is low.
 
@@ -19,7 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,14 @@ Say = Callable[[str], None]
 Predictions = dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
 
 
+# Synthetic worlds by suite name (training/synthetic.py); the seed is set per run.
+SYNTHETIC_WORLDS = {
+    "synthetic": SyntheticSpec(),
+    "synthetic-strong": SyntheticSpec(selection_strength=3.0, hidden_uplift=2.5),
+}
+SUITES = (*SYNTHETIC_WORLDS, "hillstrom")
+
+
 def default_methods(suite: str) -> list[str]:
     core = [
         "tsm",
@@ -68,7 +80,7 @@ def default_methods(suite: str) -> list[str]:
         "bidfcl-ppl-fixed",
         "bidfcl-ppl-explicit",
     ]
-    return [*core, "tsm-rich"] if suite == "synthetic" else core
+    return [*core, "tsm-rich"] if suite in SYNTHETIC_WORLDS else core
 
 
 @dataclass
@@ -96,8 +108,8 @@ def _load_all(paths: dict[str, Path], config: DatasetConfig) -> dict[str, Logs]:
 def prepare_suite(suite: str, seed: int, work: Path) -> Splits:
     """Write (or reuse) the data of `suite` for `seed` under `work` and load it."""
     out = work / suite / f"seed{seed}"
-    if suite == "synthetic":
-        spec = SyntheticSpec(seed=seed)
+    if suite in SYNTHETIC_WORLDS:
+        spec = replace(SYNTHETIC_WORLDS[suite], seed=seed)
         paths = write_benchmark(out, spec, seed=seed)
         # "Plenty of RCT": the same world randomised at OBS scale (a separate seed stream).
         rich = write_benchmark(
@@ -111,7 +123,7 @@ def prepare_suite(suite: str, seed: int, work: Path) -> Splits:
         config = DatasetConfig.load(HILLSTROM_CONFIG)
         paths = build_hybrid(HILLSTROM, config, out, seed=seed)
     else:
-        raise ValueError(f"unknown suite {suite!r}; choose synthetic or hillstrom")
+        raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     tables = _load_all(paths, config)
     return Splits(
         rct_train=tables["rct_train"],

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from training import commands
+from training.benchmark import SUITES
 
 DESCRIPTION = """\
 Train and evaluate decision-focused budget-allocation models (TSM, DFCL, Bi-DFCL) and export them for serving.
@@ -106,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("benchmark", help="train every method over several seeds and write the comparison table")
-    p.add_argument("--suite", required=True, choices=["synthetic", "hillstrom"])
+    p.add_argument("--suite", required=True, choices=SUITES)
     p.add_argument(
         "--methods",
         type=_names,
         default=None,
-        help="comma-separated methods (default: all; synthetic adds tsm-rich, TSM on a 200k-row RCT)",
+        help="comma-separated methods (default: all; synthetic suites add tsm-rich, TSM on a 200k-row RCT)",
     )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..S-1)")
     p.add_argument("--seed-list", type=_ints, help="explicit comma-separated seeds instead of --seeds")
