@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from training.benchmark import Splits, cached_predictions, hierarchical_interval
 from training.config import DatasetConfig
 from training.data import encoding_from_feature_names, load_logs
 from training.report import significant
-from training.synthetic import SyntheticSpec, write_benchmark
+from training.synthetic import SyntheticSpec, generate, write_benchmark
 
 
 def tiny_splits(work: Path, seed: int) -> Splits:
@@ -88,3 +89,20 @@ def test_areas_are_printed_with_five_significant_digits() -> None:
     assert significant(14.0003, 5) == "14.000"
     assert significant(0.00951049, 5) == "0.0095105"
     assert significant(123456.7, 5) == "123457"
+
+
+def test_strong_suite_logs_coupons_more_selectively_by_uplift() -> None:
+    """The synthetic-strong world exists because its OBS log is more confounded: who got the largest coupon
+    differs more, in true uplift of that coupon, from who got none."""
+    selection = {}
+    for suite, spec in benchmark.SYNTHETIC_WORLDS.items():
+        frame = generate(replace(spec, seed=3), 40_000, randomised=False)
+        top, none = spec.treatment_names[-1], spec.treatment_names[0]
+        uplift = frame[f"true_revenue_{top}"] - frame[f"true_revenue_{none}"]
+        selection[suite] = uplift[frame.coupon == top].mean() - uplift[frame.coupon == none].mean()
+    assert selection["synthetic-strong"] > selection["synthetic"] + 1.0 > 1.0
+
+
+def test_unknown_suite_is_named_with_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown suite 'nope'; choose from synthetic, synthetic-strong, hillstrom"):
+        benchmark.prepare_suite("nope", 0, tmp_path)

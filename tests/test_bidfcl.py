@@ -13,6 +13,7 @@ from training.batch import full_batch
 from training.bidfcl import (
     BiDFCLConfig,
     LowerBatch,
+    _Bilevel,
     fit_bidfcl,
     lower_loss,
     lower_targets,
@@ -196,3 +197,26 @@ def test_binary_labels_train_sigmoid_outputs_with_mse(data: tuple[Logs, Logs, Lo
     assert model.config.binary_revenue and model.config.binary_cost
     assert ((revenue > 0) & (revenue < 1)).all() and ((cost > 0) & (cost < 1)).all()
     assert np.isfinite(history["upper_loss"][1]) and history["lower_loss"][1] < history["lower_loss"][0]
+
+
+def test_copy_of_the_target_steps_exactly_as_the_target(data: tuple[Logs, Logs, Logs]) -> None:
+    """θ′ gets θ's weights and Adam moments in place at every upper step, so one step on each gives equal θ."""
+    obs = data[0]
+    net = NetworkConfig(n_features=4, n_treatments=3, hidden=(16,))
+    bilevel = _Bilevel(OutcomeNet(net), OutcomeNet(net), small_config(), budgets=[0.5])
+    table = LowerBatch.table(full_batch(obs), OutcomeNet(net).requires_grad_(False))
+    generator = torch.Generator().manual_seed(0)
+    for round_ in range(3):  # the second and third copies overwrite moments left by the first
+        for _ in range(2):
+            bilevel.lower_step(table.rows(torch.randperm(obs.n_rows, generator=generator)[:64]), warm=True)
+        prime_opt = bilevel._copy_target()
+        batch = table.rows(torch.randperm(obs.n_rows, generator=generator)[:64])
+        gates = torch.full((64, 6), 0.5)
+        for model, optimiser in ((bilevel.prime, prime_opt), (bilevel.target, bilevel.target_opt)):
+            with torch.no_grad():
+                targets = lower_targets(batch, gates, bilevel.target(batch.features))
+            optimiser.zero_grad(set_to_none=True)
+            lower_loss(model(batch.features), targets).backward()
+            optimiser.step()
+        for p, q in zip(bilevel.target.parameters(), bilevel.prime.parameters(), strict=True):
+            assert torch.equal(p, q), f"round {round_}"

@@ -130,7 +130,10 @@ class LowerBatch:
         return LowerBatch(data.features, observed.contiguous(), factual_mask(data.treatment, k), teacher_out)
 
     def rows(self, index: torch.Tensor) -> LowerBatch:
-        return LowerBatch(self.features[index], self.observed[index], self.factual[index], self.teacher[index])
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, index)  # a plain gather, cheaper than t[index]'s advanced indexing
+
+        return LowerBatch(take(self.features), take(self.observed), take(self.factual), take(self.teacher))
 
 
 def lower_targets(batch: LowerBatch, gates: torch.Tensor, snapshot: torch.Tensor) -> torch.Tensor:
@@ -184,6 +187,7 @@ class _Bilevel:
         self.target, self.bridge, self.config, self.budgets = target, bridge, config, budgets
         self.prime = copy.deepcopy(target)  # θ′, overwritten from θ at every upper step
         self.target_opt = torch.optim.Adam(target.parameters(), lr=config.lr_target, foreach=True)
+        self.prime_opt = torch.optim.Adam(self.prime.parameters(), lr=config.lr_target, foreach=True)
         self.bridge_opt = torch.optim.Adam(bridge.parameters(), lr=config.lr_bridge, foreach=True)
 
     def gates(self, features: torch.Tensor, warm: bool) -> torch.Tensor:
@@ -207,15 +211,19 @@ class _Bilevel:
         return float(loss.detach()), factual, float(gates.mean())
 
     def _copy_target(self) -> torch.optim.Adam:
-        """θ′ ← θ, with an Adam whose moments are copied from the target's, so θ′ steps as θ would."""
-        prime_opt = torch.optim.Adam(self.prime.parameters(), lr=self.config.lr_target, foreach=True)
+        """θ′ ← θ, and θ′'s Adam moments ← θ's, so θ′ steps as θ would (copied in place: no new tensors)."""
         with torch.no_grad():
             for p, q in zip(self.target.parameters(), self.prime.parameters(), strict=True):
                 q.copy_(p)
-                state = self.target_opt.state.get(p)
-                if state:
-                    prime_opt.state[q] = {key: value.clone() for key, value in state.items()}
-        return prime_opt
+                state, prime_state = self.target_opt.state.get(p), self.prime_opt.state.get(q)
+                if not state:  # θ has not stepped yet: neither may θ′'s moments
+                    self.prime_opt.state.pop(q, None)
+                elif prime_state:
+                    for key, value in state.items():
+                        prime_state[key].copy_(value)
+                else:
+                    self.prime_opt.state[q] = {key: value.clone() for key, value in state.items()}
+        return self.prime_opt
 
     def upper_loss(self, outputs: torch.Tensor, rct: FactualBatch) -> torch.Tensor:
         """Mean over the budgets of L_PPL or L_PIFD at the IPW λ* of this RCT batch (λ* constant)."""

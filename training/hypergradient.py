@@ -35,11 +35,23 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
 
 
 def _grad_or_zero(
-    output: torch.Tensor, params: Sequence[torch.Tensor], create_graph: bool = False, retain_graph: bool = True
+    output: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    create_graph: bool = False,
+    retain_graph: bool = True,
+    grad_outputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Flat ∇_params output; parameters the output does not depend on get zeros."""
+    """Flat ∇_params ⟨grad_outputs, output⟩ (grad_outputs defaults to 1 for a scalar); unused parameters get 0.
+
+    Passing a vector as grad_outputs gives ∇(vᵀ output) without building the dot product's node.
+    """
     grads = torch.autograd.grad(
-        output, list(params), create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
+        output,
+        list(params),
+        grad_outputs=grad_outputs,
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
     )
     return flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)])
 
@@ -55,7 +67,7 @@ def hessian_vector_product(
     """H p = ∇_θ(pᵀ ∇_θ L_low) by double backward; `inner_gradient` from `lower_gradient` (graph retained)."""
     if vector.shape != inner_gradient.shape:
         raise ValueError(f"vector has shape {tuple(vector.shape)}, expected {tuple(inner_gradient.shape)}")
-    return _grad_or_zero(inner_gradient @ vector.detach(), inner_params)
+    return _grad_or_zero(inner_gradient, inner_params, grad_outputs=vector.detach())
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ def mixed_vector_product(
     inner_gradient: torch.Tensor, outer_params: Sequence[torch.Tensor], vector: torch.Tensor
 ) -> torch.Tensor:
     """Jᵀ v = ∇_φ(vᵀ ∇_θ L_low) with v held constant: flat (P_φ,)."""
-    return _grad_or_zero(inner_gradient @ vector.detach(), outer_params)
+    return _grad_or_zero(inner_gradient, outer_params, grad_outputs=vector.detach())
 
 
 @dataclass(frozen=True)
