@@ -54,7 +54,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.train_speed
 
-## quality: decision quality of every method on both suites (docs/results/, docs/benchmarks.md; ~1 h from scratch)
+## quality: decision quality of every method on every suite (docs/results/, docs/benchmarks.md; ~2 h from scratch)
 quality: $(VENV)/.dev
 	$(BIN)/python -m bench.quality
 
