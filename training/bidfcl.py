@@ -19,15 +19,14 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 from tqdm import tqdm
 
 from training.batch import FactualBatch, full_batch
 from training.dataset import Logs
-from training.evaluate import budget_grid, curve_area, eom_curve
+from training.evaluate import budget_grid
 from training.hypergradient import CGResult, explicit_hypergradient, flatten, implicit_hypergradient
 from training.network import NetworkConfig, OutcomeNet, predict, split_outcomes, standardisation
-from training.train import TrainConfig, fit_single_level
+from training.train import VALIDATION_ESTIMATORS, TrainConfig, decision_score, fit_single_level
 from training.upper_losses import ipw_lambdas, pifd_loss, ppl_loss
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,7 @@ class BiDFCLConfig:
     teacher_lr: float = 1e-3
     seed: int = 0
     patience: int = 10  # epochs after the warm start without validation improvement
+    validation: str = "dr"  # checkpoint score: doubly robust around the teacher, or the IPW EOM area
     hidden: tuple[int, ...] = (64, 32, 32)
 
     def __post_init__(self) -> None:
@@ -87,6 +87,8 @@ class BiDFCLConfig:
             0.0 <= f <= 1.0 for f in self.budget_fractions
         ):
             raise ValueError(f"budget_fractions must be non-empty values in [0, 1], got {self.budget_fractions}")
+        if self.validation not in VALIDATION_ESTIMATORS:
+            raise ValueError(f"validation must be one of {VALIDATION_ESTIMATORS}, got {self.validation!r}")
         if self.fixed_gate is not None and not 0.0 <= self.fixed_gate <= 1.0:
             raise ValueError(f"fixed_gate must be None or in [0, 1], got {self.fixed_gate}")
 
@@ -149,12 +151,6 @@ def lower_targets(batch: LowerBatch, gates: torch.Tensor, snapshot: torch.Tensor
 def lower_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """L_low = (1/|b|) Σ_i Σ_cells (label − prediction)² over factual and pseudo-labelled cells (§6)."""
     return (targets - outputs).square().sum(dim=1).mean()
-
-
-def validation_score(model: OutcomeNet, val: Logs, budgets: NDArray[np.floating]) -> float:
-    """Mean IPW EOM per-capita revenue over per-capita `budgets` on RCT validation rows (METHOD.md §7)."""
-    revenue, cost = predict(model, val.features)
-    return curve_area(eom_curve(revenue, cost, val, budgets), kind="ipw")
 
 
 def _take(data: FactualBatch, rows: torch.Tensor) -> FactualBatch:
@@ -305,6 +301,9 @@ def fit_bidfcl(
     torch.nn.init.zeros_(last.weight)  # W = σ(0) = 0.5 at the start: half teacher, half target
     torch.nn.init.zeros_(last.bias)
     teacher = teacher.eval().requires_grad_(False)
+    # The DR outcome model of checkpoint scores: the teacher, fitted on RCT training rows (validation only chose
+    # its stopping epoch), so the score stays an honest estimate on the validation rows.
+    baseline = predict(teacher, rct_val.features) if config.validation == "dr" else None
     table, rct = LowerBatch.table(full_batch(obs), teacher), full_batch(rct_train)  # teacher outputs computed once
     bilevel = _Bilevel(target, bridge, config, budgets)
     keys = ("lower_loss", "lower_factual", "upper_loss", "val_score", "gate_mean", "cg_iterations", "cg_residual",
@@ -333,7 +332,7 @@ def fit_bidfcl(
             lows.append(low)
             factuals.append(factual)
             gate_means.append(gate_mean)
-        score = validation_score(target, rct_val, val_budgets)
+        score = decision_score(target, rct_val, val_budgets, baseline)
         history["lower_loss"].append(float(np.mean(lows)))
         history["lower_factual"].append(float(np.mean(factuals)))
         history["upper_loss"].append(float(np.mean(uppers)) if uppers else math.nan)
