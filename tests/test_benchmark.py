@@ -106,3 +106,15 @@ def test_strong_suite_logs_coupons_more_selectively_by_uplift() -> None:
 def test_unknown_suite_is_named_with_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown suite 'nope'; choose from synthetic, synthetic-strong, hillstrom"):
         benchmark.prepare_suite("nope", 0, tmp_path)
+
+
+def test_bidfcl_is_compared_with_the_strongest_single_level_baseline() -> None:
+    means = {"tsm": 1.0, "tsm-obs": 1.2, "bidfcl-ppl": 1.3, "tsm-rich": 9.0}
+    per_seed = [{"areas": {name: {"oracle": area} for name, area in means.items()}}] * 2
+    methods = ["tsm", "tsm-obs", "bidfcl-ppl", "tsm-rich"]
+    best = benchmark.strongest_baseline(methods, per_seed, "oracle")
+    assert best == "tsm-obs"  # tsm-rich trains on a large RCT set: a reference, not a baseline
+    samples = [{"tsm": np.full(40, 1.0), "tsm-obs": np.full(40, 1.2), "bidfcl-ppl": np.full(40, 1.5)}] * 2
+    table = benchmark.versus_baseline_table(methods, best, samples, "oracle")
+    assert table.splitlines()[2] == "| bidfcl-ppl | +25.00 [+25.00, +25.00] |"
+    assert len(table.splitlines()) == 3  # only Bi-DFCL runs are compared
