@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, help="softmax temperature (MER, PPL)")
     p.add_argument("--lams", type=_floats, help="DFCL: comma-separated λ values (default: from budgets)")
     p.add_argument("--n-cg", type=int, help="Bi-DFCL: conjugate-gradient iterations")
+    p.add_argument(
+        "--validation",
+        choices=["dr", "ipw"],
+        help="DFCL/Bi-DFCL checkpoint score on validation: doubly robust (default) or the IPW EOM area",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="EOM cost curves of one or more checkpoints on held-out RCT data")

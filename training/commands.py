@@ -128,6 +128,7 @@ def run_train(args: argparse.Namespace) -> None:
         "tau": args.tau,
         "lams": tuple(args.lams) if args.lams else None,
         "n_cg": args.n_cg,
+        "validation": args.validation,
     }
     model, info = train_method(
         args.method, rct_train=rct, rct_val=val, obs=obs, overrides=overrides, progress=not args.quiet
