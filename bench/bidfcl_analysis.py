@@ -127,11 +127,7 @@ class _Probe:
         bl = self.bilevel
         with torch.no_grad():
             targets = bidfcl.lower_targets(batch, bl.gates(batch.features, warm=False), bl.target(batch.features))
-        optimiser = bl._copy_target()
-        for _ in range(self.config.k_steps):
-            optimiser.zero_grad(set_to_none=True)
-            bidfcl.lower_loss(bl.prime(batch.features), targets).backward()
-            optimiser.step()
+        bl.fit_prime(batch, targets)
         with torch.no_grad():
             return float(bl.upper_loss(bl.prime(rct.features), rct))
 

@@ -221,6 +221,14 @@ class _Bilevel:
                     self.prime_opt.state[q] = {key: value.clone() for key, value in state.items()}
         return self.prime_opt
 
+    def fit_prime(self, batch: LowerBatch, targets: torch.Tensor) -> None:
+        """θ′ ← θ, then k_steps Adam steps of L_low on `batch` with fixed `targets`: θ′*(φ) of Alg. 1 step 1(b)."""
+        prime_opt = self._copy_target()
+        for _ in range(self.config.k_steps):
+            prime_opt.zero_grad(set_to_none=True)
+            lower_loss(self.prime(batch.features), targets).backward()
+            prime_opt.step()
+
     def upper_loss(self, outputs: torch.Tensor, rct: FactualBatch) -> torch.Tensor:
         """Mean over the budgets of L_PPL or L_PIFD at the IPW λ* of this RCT batch (λ* constant)."""
         revenue, cost = split_outcomes(outputs, rct.n_treatments)
@@ -241,12 +249,7 @@ class _Bilevel:
             snapshot = self.target(batch.features)  # θ at step start
         gates = self.gates(batch.features, warm=False)  # graph to φ
         targets = lower_targets(batch, gates, snapshot)
-        fixed_targets = targets.detach()
-        prime_opt = self._copy_target()
-        for _ in range(cfg.k_steps):
-            prime_opt.zero_grad(set_to_none=True)
-            lower_loss(self.prime(batch.features), fixed_targets).backward()
-            prime_opt.step()
+        self.fit_prime(batch, targets.detach())
         params = list(self.prime.parameters())
         upper = self.upper_loss(self.prime(rct.features), rct)
         upper_grad = flatten(torch.autograd.grad(upper, params))  # (P_θ,) ∇_θ′ L_up(θ′*)
