@@ -44,6 +44,7 @@ def test_run_writes_table_report_and_reuses_cached_predictions(tiny_suite: Path)
     assert "oracle gap closed" in table and "| 1.00 ± 0.00 |" in table  # the optimum closes all of it
     runs = json.loads((out / "synthetic" / "runs.json").read_text())
     assert [run["seed"] for run in runs] == [0, 1]
+    assert all(run["best_epoch"]["tsm"] >= 0 for run in runs)  # the epoch validation kept, per run
     assert (out / "synthetic" / "cost_curves.png").stat().st_size > 0
     mean, lo, hi = result["intervals"]["oracle"]["tsm"]
     assert mean == 0.0 and lo == 0.0 and hi == 0.0  # the reference against itself
@@ -56,12 +57,13 @@ def test_run_writes_table_report_and_reuses_cached_predictions(tiny_suite: Path)
     assert again["table"] == result["table"]
     fresh = run_benchmark("synthetic", ["tsm", "tsm-obs"], [0, 1], out, work, n_boot=20, progress=False, fresh=True)
     assert [r["areas"] for r in fresh["runs"]] == [r["areas"] for r in result["runs"]]
+    assert [r["best_epoch"] for r in fresh["runs"]] == [r["best_epoch"] for r in again["runs"]]
 
 
 def test_cache_is_ignored_when_the_run_changes(tiny_suite: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     splits = tiny_splits(tiny_suite, 0)
     cache = tiny_suite / "cache"
-    revenue, _, _ = cached_predictions("tsm", splits, 0, cache, fresh=False, progress=False)
+    revenue = cached_predictions("tsm", splits, 0, cache, fresh=False, progress=False).revenue
     calls: list[str] = []
     original = benchmark._train_run
 
@@ -70,7 +72,7 @@ def test_cache_is_ignored_when_the_run_changes(tiny_suite: Path, monkeypatch: py
         return original(name, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(benchmark, "_train_run", counting)
-    same, _, _ = cached_predictions("tsm", splits, 0, cache, fresh=False, progress=False)
+    same = cached_predictions("tsm", splits, 0, cache, fresh=False, progress=False).revenue
     assert calls == [] and np.array_equal(same, revenue)
     cached_predictions("tsm", splits, 1, cache, fresh=False, progress=False)  # another seed: another fingerprint
     assert calls == ["tsm"]

@@ -192,28 +192,39 @@ def run_fingerprint(name: str, splits: Splits, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cached_predictions(
-    name: str, splits: Splits, seed: int, cache: Path, fresh: bool, progress: bool
-) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
-    """Test-set (revenue, cost) of run `name` and its training seconds, trained or read from `cache`.
+@dataclass(frozen=True)
+class TrainedRun:
+    """What the benchmark keeps of one trained run: test-set predictions and how training went."""
+
+    revenue: NDArray[np.float64]  # (N_test, K)
+    cost: NDArray[np.float64]  # (N_test, K)
+    seconds: float  # training wall time
+    best_epoch: int  # the epoch validation kept (0-based, over all the run's epochs and phases)
+
+
+def cached_predictions(name: str, splits: Splits, seed: int, cache: Path, fresh: bool, progress: bool) -> TrainedRun:
+    """Test-set predictions of run `name`, its training seconds and kept epoch, trained or read from `cache`.
 
     The cache lets a long benchmark be resumed, or its seeds run in parallel processes sharing `--work`; a file
-    is reused only when its fingerprint (method config, seed, data sizes) matches. `fresh` retrains regardless
-    (do that after changing training code).
+    is reused only when its fingerprint (method config, seed, data sizes) matches and it holds every field.
+    `fresh` retrains regardless (do that after changing training code).
     """
     path = cache / f"{name}.npz"
     key = run_fingerprint(name, splits, seed)
     if not fresh and path.exists():
         with np.load(path) as stored:
-            if str(stored["fingerprint"]) == key:
-                return stored["revenue"], stored["cost"], float(stored["seconds"])
-    model, _info, took = _train_run(name, splits, seed, progress)
+            if str(stored["fingerprint"]) == key and "best_epoch" in stored:
+                return TrainedRun(
+                    stored["revenue"], stored["cost"], float(stored["seconds"]), int(stored["best_epoch"])
+                )
+    model, info, took = _train_run(name, splits, seed, progress)
     revenue, cost = predict(model, splits.rct_test.features)
+    best_epoch = int(info["history"]["best_epoch"])
     cache.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp.npz")  # written whole, then renamed: a parallel reader never sees half a file
-    np.savez(partial, revenue=revenue, cost=cost, seconds=took, fingerprint=key)
+    np.savez(partial, revenue=revenue, cost=cost, seconds=took, best_epoch=best_epoch, fingerprint=key)
     partial.replace(path)
-    return revenue, cost, took
+    return TrainedRun(revenue, cost, took, best_epoch)
 
 
 def hierarchical_interval(
@@ -341,12 +352,14 @@ def run_benchmark(
         budgets = budget_grid(splits.rct_test)
         predictions: Predictions = {}
         seconds: dict[str, float] = {}
+        best_epoch: dict[str, int] = {}
         cache = work / suite / f"seed{seed}" / "predictions"
         for name in methods:
             say(f"[{suite} seed {seed}] {name}")
-            revenue, cost, took = cached_predictions(name, splits, seed, cache, fresh, progress)
-            predictions[name] = (revenue, cost)
-            seconds[name] = took
+            trained = cached_predictions(name, splits, seed, cache, fresh, progress)
+            predictions[name] = (trained.revenue, trained.cost)
+            seconds[name] = trained.seconds
+            best_epoch[name] = trained.best_epoch
         evaluation = evaluate_predictions(predictions, splits.rct_test, budgets, REFERENCE, n_boot, seed)
         areas = dict(evaluation.areas)
         areas["random"] = {k: curve_area(evaluation.curves["random"], k) for k in areas[REFERENCE]}
@@ -358,6 +371,7 @@ def run_benchmark(
             "budgets": budgets.tolist(),
             "areas": areas,
             "seconds": seconds,
+            "best_epoch": best_epoch,
             "curves": {n: c.to_dict() for n, c in evaluation.curves.items()},
         }
         per_seed.append(run)
