@@ -105,7 +105,7 @@ class _Probe:
         teacher = bidfcl.fit_teacher(splits.rct_train, splits.rct_val, self.config)
         net = bidfcl._nets(splits.obs, splits.rct_train, self.config)
         torch.manual_seed(seed)
-        target, self.bridge = OutcomeNet(net), OutcomeNet(net)
+        target, self.bridge = bidfcl.initial_networks(net)
         budgets = bidfcl.upper_budgets(splits.rct_train, self.config)
         self.bilevel = bidfcl._Bilevel(target, self.bridge, self.config, budgets)
         self.table = bidfcl.LowerBatch.table(full_batch(splits.obs), teacher)

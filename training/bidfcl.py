@@ -281,6 +281,15 @@ def _nets(obs: Logs, rct_train: Logs, config: BiDFCLConfig) -> NetworkConfig:
     )  # fmt: skip
 
 
+def initial_networks(net_config: NetworkConfig) -> tuple[OutcomeNet, OutcomeNet]:
+    """Target and bridge at the start of Alg. 1 (from the current torch seed); the bridge's gates all start at 0.5."""
+    target, bridge = OutcomeNet(net_config), OutcomeNet(net_config)
+    last = cast(torch.nn.Linear, bridge.body[-1])  # OutcomeNet ends in its output layer
+    torch.nn.init.zeros_(last.weight)  # W = σ(0) = 0.5 at the start: half teacher, half target
+    torch.nn.init.zeros_(last.bias)
+    return target, bridge
+
+
 def fit_bidfcl(
     obs: Logs,
     rct_train: Logs,
@@ -299,10 +308,7 @@ def fit_bidfcl(
         if teacher is None:
             teacher = fit_teacher(rct_train, rct_val, config)
             torch.manual_seed(config.seed)  # the TSM trainer reseeds; start the target from the same state
-        target, bridge = OutcomeNet(net_config), OutcomeNet(net_config)
-    last = cast(torch.nn.Linear, bridge.body[-1])  # OutcomeNet ends in its output layer
-    torch.nn.init.zeros_(last.weight)  # W = σ(0) = 0.5 at the start: half teacher, half target
-    torch.nn.init.zeros_(last.bias)
+        target, bridge = initial_networks(net_config)
     teacher = teacher.eval().requires_grad_(False)
     # The DR outcome model of checkpoint scores: the teacher, fitted on RCT training rows (validation only chose
     # its stopping epoch), so the score stays an honest estimate on the validation rows.
