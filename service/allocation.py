@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.artifact import Artifact
+from service.campaigns.wallet import SliceWallet
 from service.decision import BudgetError, choose
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
@@ -16,16 +17,26 @@ from service.schemas import BudgetOut, BudgetRequest, LambdaOut
 from service.state import LambdaStore
 
 
-def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[bytes, NDArray[np.int64]]:
-    """The /allocate response body and the (N,) chosen treatments: argmax_j (r̂ − λ*·ĉ) per individual."""
+def allocate(
+    batch: AllocateBatch, artifact: Artifact, served: Served, wallet: SliceWallet | None = None
+) -> tuple[bytes, NDArray[np.int64]]:
+    """The /allocate response body and the (N,) treatments: argmax_j (r̂ − λ*·ĉ) per individual, then the cap.
+
+    With a campaign `wallet` (a campaign resource), treatments its budget slice cannot pay for become the
+    cheapest allowed one, and the response says why (`campaign_status`, `capped`). Thread-safe.
+    """
     revenue, cost = artifact.predict(batch.features)  # (N, K) each
     treatment = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
-    header = {
+    header: dict[str, object] = {
         "campaign": batch.campaign,
         "model_version": artifact.model_version,
         "lambda": served.lam,
         "lambda_version": served.version,
     }
+    if wallet is not None:
+        capped = wallet.cap(treatment, cost, batch.allowed, time.time())
+        treatment = capped.treatment
+        header.update(campaign_status=capped.status.value, capped=capped.capped)
     body = encode_allocations(batch.ids, treatment, revenue, cost, artifact.manifest.treatment_names, header)
     return body, treatment
 

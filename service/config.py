@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -26,6 +26,26 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
     refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
     redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")
+    replica_id: str | None = Field(
+        default=None, description="name of this replica in campaign ledgers; unset → host-pid-random"
+    )
+    campaign_tick_seconds: float = Field(
+        default=0.2, gt=0.0, le=60.0, description="campaign spend report / refill period"
+    )
+    campaign_refresh_seconds: float = Field(default=1.0, gt=0.0, le=3600.0, description="campaign spec re-read period")
+    slice_lease_seconds: float = Field(
+        default=5.0, gt=0.0, le=3600.0, description="a slice not renewed this long is reclaimed"
+    )
+    slice_seconds: float = Field(
+        default=1.0, gt=0.0, le=3600.0, description="a slice holds about this much recent spend"
+    )
+    slice_min_share: float = Field(
+        default=0.001, gt=0.0, le=1.0, description="smallest slice asked for, share of the budget"
+    )
+    slice_max_share: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="largest slice, share of what is left under the cap"
+    )
+    pace_seconds: float = Field(default=2.0, gt=0.0, le=3600.0, description="pacing controller period")
 
     @field_validator("log_level")
     @classmethod
@@ -52,6 +72,15 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 16:
             raise ValueError("admin_token must be at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _lease_covers_ticks(self) -> Settings:
+        if self.slice_lease_seconds < 3 * self.campaign_tick_seconds:
+            raise ValueError(
+                f"slice_lease_seconds ({self.slice_lease_seconds}) must be at least 3 × campaign_tick_seconds "
+                f"({self.campaign_tick_seconds}), or slices expire between renewals"
+            )
+        return self
 
     @property
     def log_level_number(self) -> int:

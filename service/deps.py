@@ -9,6 +9,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.artifact import Artifact
+from service.campaigns.leader import Pacer
+from service.campaigns.slices import CampaignBook
 from service.config import Settings
 from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
@@ -57,6 +59,14 @@ async def get_metrics(runtime: RuntimeDep) -> Metrics:
     return runtime.metrics
 
 
+async def get_campaigns(runtime: RuntimeDep) -> CampaignBook:
+    return runtime.campaigns
+
+
+async def get_pacer(runtime: RuntimeDep) -> Pacer:
+    return runtime.pacer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ArtifactDep = Annotated[Artifact, Depends(get_artifact)]
 EncoderDep = Annotated[FeatureEncoder, Depends(get_encoder)]
@@ -64,6 +74,8 @@ SolverDep = Annotated[BudgetSolver, Depends(get_solver)]
 TableDep = Annotated[LambdaTable, Depends(get_table)]
 StoreDep = Annotated[LambdaStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+CampaignsDep = Annotated[CampaignBook, Depends(get_campaigns)]
+PacerDep = Annotated[Pacer, Depends(get_pacer)]
 
 
 async def require_admin(

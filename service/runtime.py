@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 from service.artifact import Artifact, load_artifact
+from service.campaigns.leader import Pacer, keep_pacing
+from service.campaigns.ledger import InProcessLedger, Ledger
+from service.campaigns.metrics import register_campaign_metrics
+from service.campaigns.redis_ledger import open_ledger
+from service.campaigns.slices import CampaignBook, SliceSettings, keep_slices
 from service.config import Settings
 from service.errors import StoreUnavailableError
 from service.features import FeatureEncoder
@@ -29,6 +37,9 @@ class Runtime:
     store: LambdaStore
     metrics: Metrics
     sync_task: asyncio.Task[None] | None
+    campaigns: CampaignBook
+    pacer: Pacer
+    campaign_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -54,7 +65,32 @@ async def start_runtime(settings: Settings) -> Runtime:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
         task = asyncio.create_task(keep_in_sync(store, table, settings.refresh_seconds), name="lambda-sync")
-    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task)
+    campaigns = open_campaigns(settings)
+    pacer = Pacer(campaigns, solver, store, table, settings.pace_seconds)
+    register_campaign_metrics(metrics.registry, campaigns, pacer)
+    runtime = Runtime(
+        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, campaigns, pacer
+    )
+    runtime.campaign_tasks = [
+        asyncio.create_task(keep_slices(campaigns), name="campaign-slices"),
+        asyncio.create_task(keep_pacing(pacer), name="campaign-pacing"),
+    ]
+    return runtime
+
+
+def open_campaigns(settings: Settings) -> CampaignBook:
+    """This replica's campaign book over the Redis ledger (or the in-process one without Redis)."""
+    ledger: Ledger | None = open_ledger(settings.redis_url, settings.redis_prefix, settings.redis_timeout_seconds)
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    slices = SliceSettings(
+        tick=settings.campaign_tick_seconds,
+        refresh=settings.campaign_refresh_seconds,
+        lease_seconds=settings.slice_lease_seconds,
+        slice_seconds=settings.slice_seconds,
+        min_slice_share=settings.slice_min_share,
+        max_share=settings.slice_max_share,
+    )
+    return CampaignBook(ledger if ledger is not None else InProcessLedger(), replica, slices)
 
 
 STOP_ATTEMPTS = 10  # × STOP_WAIT_SECONDS: the longest a shutdown waits for the sync task
@@ -62,6 +98,10 @@ STOP_WAIT_SECONDS = 0.5
 
 
 async def stop_runtime(runtime: Runtime) -> None:
+    for task in runtime.campaign_tasks:
+        await _stop_task(task)
+    await runtime.campaigns.return_all()  # unused slices go back to the ledger for the other replicas
+    await runtime.campaigns.ledger.close()
     if runtime.sync_task is not None:
         await _stop_task(runtime.sync_task)
     await runtime.store.close()
@@ -79,6 +119,6 @@ async def _stop_task(task: asyncio.Task[None]) -> None:
         done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_SECONDS)
         if done:
             if not task.cancelled() and task.exception() is not None:
-                log.error("the λ* sync task had failed", exc_info=task.exception())
+                log.error("the %s task had failed", task.get_name(), exc_info=task.exception())
             return
-    log.warning("the λ* sync task did not stop after %d cancellations; leaving it", STOP_ATTEMPTS)
+    log.warning("the %s task did not stop after %d cancellations; leaving it", task.get_name(), STOP_ATTEMPTS)

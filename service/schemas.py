@@ -42,6 +42,12 @@ class AllocateResponse(BaseModel):
     model_version: str
     lambda_: float = Field(alias="lambda", description="λ* used: argmax_j (revenue − λ*·cost)")
     lambda_version: int = Field(description="version of the λ* record (0: the manifest's default)")
+    campaign_status: str | None = Field(
+        default=None,
+        description="campaign resources only: active, scheduled, paused, ended, exhausted or budget_unavailable "
+        "(every status but active gives the cheapest allowed treatment to the individuals it names in `capped`)",
+    )
+    capped: int | None = Field(default=None, description="individuals moved to their cheapest allowed treatment")
 
 
 class BudgetRequest(BaseModel):

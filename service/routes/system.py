@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import ArtifactDep, MetricsDep, StoreDep, TableDep
+from service.deps import ArtifactDep, CampaignsDep, MetricsDep, StoreDep, TableDep
 
 router = APIRouter(tags=["system"])
 
@@ -27,7 +27,7 @@ async def read_health() -> dict[str, str]:
 
 
 @router.get("/readyz", response_class=JSONResponse, responses={503: {"description": "λ* not known yet"}})
-async def read_readiness(artifact: ArtifactDep, table: TableDep, store: StoreDep) -> JSONResponse:
+async def read_readiness(artifact: ArtifactDep, table: TableDep, store: StoreDep, book: CampaignsDep) -> JSONResponse:
     """Ready when the model is loaded and λ* is known; says where each campaign's λ* comes from."""
     campaigns = {"default": table.default, **table.campaigns()}
     body = {
@@ -38,6 +38,9 @@ async def read_readiness(artifact: ArtifactDep, table: TableDep, store: StoreDep
         "store_error": table.store_error,
         "seconds_since_sync": None if table.synced_at is None else round(time.monotonic() - table.synced_at, 3),
         "serving_last_known_lambda": table.synced and not table.store_up,
+        "campaign_ledger_up": book.ledger_up,
+        "campaign_ledger_error": book.ledger_error,
+        "campaign_slices": {c: round(w.available, 6) for c, w in book.wallets.items()},
         "lambda": {c: {"lambda": s.lam, "version": s.version, "source": s.source} for c, s in campaigns.items()},
     }
     code = status.HTTP_200_OK if table.synced else status.HTTP_503_SERVICE_UNAVAILABLE

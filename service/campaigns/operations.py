@@ -1,0 +1,121 @@
+"""The plain functions under `/campaigns/{campaign}`: create or update, read the state, report realized cost."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.campaigns.leader import Pacer
+from service.campaigns.ledger import BudgetBelowSpendError
+from service.campaigns.slices import CampaignBook
+from service.campaigns.spec import CampaignSpec, CampaignStatus, flight_status
+from service.decision import BudgetError
+from service.errors import RequestError
+from service.lambdas import BudgetSolver, LambdaTable
+from service.state import LambdaStore
+
+
+class CampaignOut(BaseModel):
+    """A campaign's spec and its ledger now, as one replica sees it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    campaign: str
+    spec: CampaignSpec
+    status: CampaignStatus = Field(description="active, scheduled, paused, ended or exhausted")
+    budget: float
+    cap: float = Field(
+        description="committed spend allowed (≤ budget; lowered when realized cost runs above predicted)"
+    )
+    committed: float = Field(description="predicted cost of the treatments given, including presumed")
+    reserved: float = Field(description="slices held by replicas, not yet spent")
+    presumed: float = Field(description="reclaimed slices of replicas that stopped renewing, charged as spent")
+    realized: float = Field(description="realized cost reported so far")
+    covered: float = Field(description="predicted cost of the decisions the realized reports cover")
+    remaining: float = Field(description="budget − committed")
+    target: float | None = Field(description="committed spend the pacing mode wants by now (None: pacing off)")
+    pace_error: float | None = Field(description="(committed − target) ÷ budget at the last pacing step")
+    realized_ratio: float | None = Field(description="realized ÷ predicted cost estimate of the last pacing step")
+    lambda_: float = Field(alias="lambda", description="λ this replica serves for the campaign")
+    lambda_version: int
+    pacing_leader: bool = Field(description="this replica runs the campaign's pacing")
+
+
+class RealizedReport(BaseModel):
+    """Realized cost that came in (redemptions), and the predicted cost of the decisions it covers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    realized_cost: float = Field(ge=0, allow_inf_nan=False, description="realized cost since the last report")
+    predicted_cost: float = Field(ge=0, allow_inf_nan=False, description="predicted cost of those decisions")
+
+
+async def put_campaign(
+    campaign: str,
+    spec: CampaignSpec,
+    book: CampaignBook,
+    solver: BudgetSolver,
+    store: LambdaStore,
+    table: LambdaTable,
+) -> None:
+    """Create or update a campaign; a new one (or pacing 'off') gets the reference λ* for budget ÷ audience."""
+    try:
+        solution = solver.solve(spec.budget_per_capita)
+    except BudgetError as error:
+        raise RequestError("total_budget", f"÷ expected_audience: {error}") from error
+    existing = await book.ledger.read(campaign)
+    try:
+        await book.ledger.upsert(campaign, spec.model_dump_json(), spec.total_budget)
+    except BudgetBelowSpendError as error:
+        raise RequestError("total_budget", str(error), status=409) from error
+    if existing is None or spec.pacing == "off":
+        record = solver.record(campaign, spec.budget_per_capita, solution)
+        stored = await store.put(record, after_version=table.current(campaign).version)
+        table.apply(stored)
+        await book.ledger.save_pace_state(campaign, {"lambda": solution.lam, "initial_lambda": solution.lam})
+    await book.report(campaign, book.learn(campaign, spec))  # a first slice here at once
+
+
+async def read_campaign(campaign: str, book: CampaignBook, pacer: Pacer, table: LambdaTable) -> CampaignOut:
+    """The campaign's state from the ledger (404 when it does not exist)."""
+    found = await book.ledger.read(campaign)
+    if found is None:
+        raise RequestError("campaign", f"no campaign {campaign!r} (create it with PUT /campaigns/{campaign})", 404)
+    spec = CampaignSpec.model_validate_json(found[0])
+    state = found[1]
+    book.learn(campaign, spec)
+    now = time.time()
+    status = flight_status(spec, now)
+    if status is CampaignStatus.ACTIVE and state.remaining <= 0:
+        status = CampaignStatus.EXHAUSTED
+    share = spec.target_share(now)
+    step = pacer.last.get(campaign)
+    served = table.current(campaign)
+    return CampaignOut.model_validate(
+        {
+            "campaign": campaign,
+            "spec": spec,
+            "status": status,
+            "budget": state.budget,
+            "cap": state.cap,
+            "committed": state.committed,
+            "reserved": state.reserved,
+            "presumed": state.presumed,
+            "realized": state.realized,
+            "covered": state.covered,
+            "remaining": state.remaining,
+            "target": None if share is None else state.cap * share,
+            "pace_error": None if step is None else step.pace_error,
+            "realized_ratio": None if step is None else step.ratio,
+            "lambda": served.lam,
+            "lambda_version": served.version,
+            "pacing_leader": campaign in pacer.leading,
+        }
+    )
+
+
+async def report_realized(campaign: str, report: RealizedReport, book: CampaignBook) -> None:
+    state = await book.ledger.realize(campaign, report.realized_cost, report.predicted_cost)
+    if state is None:
+        raise RequestError("campaign", f"no campaign {campaign!r}", 404)

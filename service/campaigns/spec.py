@@ -1,0 +1,119 @@
+"""The campaign record an operator writes, and what it implies at a given moment (status, target spend share)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PacingMode = Literal["even", "asap", "off"]
+MAX_PROFILE_POINTS = 1440  # one weight per minute of a day
+
+
+class CampaignSpec(BaseModel):
+    """A campaign: total budget over a flight, how to pace it, and the audience the initial λ* is solved for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total_budget: float = Field(description="total predicted cost the campaign may commit (hard cap)")
+    start: datetime = Field(description="flight start (ISO 8601 with a time zone)")
+    end: datetime = Field(description="flight end (ISO 8601 with a time zone), after start")
+    pacing: PacingMode = Field(
+        default="even",
+        description="'even': spend follows the (traffic-weighted) flight; 'asap': as fast as the cap allows; "
+        "'off': the reference-population λ* for total_budget ÷ expected_audience, never moved",
+    )
+    expected_audience: int = Field(description="individuals the budget is meant to cover (initial λ*)")
+    paused: bool = Field(default=False, description="paused campaigns give everyone the cheapest treatment")
+    traffic_profile: list[float] | None = Field(
+        default=None,
+        description="expected traffic over equal parts of the flight (relative weights, e.g. 24 hourly values); "
+        "'even' pacing spends in proportion to it; unset: uniform in time",
+    )
+
+    @field_validator("total_budget")
+    @classmethod
+    def _positive_budget(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be a positive finite number, got {value}")
+        return value
+
+    @field_validator("expected_audience")
+    @classmethod
+    def _positive_audience(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError(f"must be a positive integer, got {value}")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. 2026-12-01T00:00:00Z)")
+        return value
+
+    @field_validator("traffic_profile")
+    @classmethod
+    def _profile(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not 1 <= len(value) <= MAX_PROFILE_POINTS:
+            raise ValueError(f"needs 1 to {MAX_PROFILE_POINTS} weights, got {len(value)}")
+        if not all(math.isfinite(w) and w >= 0 for w in value) or sum(value) <= 0:
+            raise ValueError("weights must be finite, >= 0 and not all zero")
+        return value
+
+    @model_validator(mode="after")
+    def _flight(self) -> CampaignSpec:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})")
+        return self
+
+    @property
+    def budget_per_capita(self) -> float:
+        return self.total_budget / self.expected_audience
+
+    def flight_share(self, now: float) -> float:
+        """The share of the flight's expected traffic that has arrived by `now` (unix seconds), 0..1."""
+        start, end = self.start.timestamp(), self.end.timestamp()
+        elapsed = min(max((now - start) / (end - start), 0.0), 1.0)
+        if self.traffic_profile is None:
+            return elapsed
+        weights = np.asarray(self.traffic_profile, dtype=np.float64)
+        cumulative = np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()  # (P+1,) at part boundaries
+        return float(np.interp(elapsed, np.linspace(0.0, 1.0, len(weights) + 1), cumulative))
+
+    def target_share(self, now: float) -> float | None:
+        """The share of the budget the pacing mode wants committed by `now`; None when pacing is off."""
+        if self.pacing == "off":
+            return None
+        if self.pacing == "asap":
+            return 1.0 if now >= self.start.timestamp() else 0.0
+        return self.flight_share(now)
+
+
+class CampaignStatus(StrEnum):
+    """Why a campaign allocates (or not); every non-active status gives everyone the cheapest treatment."""
+
+    ACTIVE = "active"
+    SCHEDULED = "scheduled"  # before the flight
+    PAUSED = "paused"
+    ENDED = "ended"  # after the flight
+    EXHAUSTED = "exhausted"  # the ledger has no budget left (under the cap) for the treatments chosen
+    SLICE_EMPTY = "slice_empty"  # this replica's slice ran dry before its next refill (the ledger has more)
+    BUDGET_UNAVAILABLE = "budget_unavailable"  # no slice held and the ledger cannot be reached
+
+
+def flight_status(spec: CampaignSpec, now: float) -> CampaignStatus:
+    """Active, scheduled, ended or paused at `now` (unix seconds); the ledger decides about exhausted."""
+    if spec.paused:
+        return CampaignStatus.PAUSED
+    if now < spec.start.timestamp():
+        return CampaignStatus.SCHEDULED
+    if now >= spec.end.timestamp():
+        return CampaignStatus.ENDED
+    return CampaignStatus.ACTIVE
