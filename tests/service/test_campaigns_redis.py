@@ -138,7 +138,7 @@ def test_a_killed_replicas_slice_is_recovered(
     process, url = doomed_replica
     survivor = make_client(model_dir, redis_url=redis_url, redis_prefix=prefix, **FAST)
     budget = 100.0
-    survivor.put("/campaigns/kill", json=spec(budget), headers=ADMIN)
+    survivor.put("/campaigns/kill", json=spec(budget, expected_audience=100), headers=ADMIN)
     wait_for(lambda: ledger_hash(redis_url, prefix, "kill", "slices").get("doomed", 0.0) > 10.0)
     given = 0.0
     for seed in range(3):  # the doomed replica gives some treatments out, then dies without returning its slice
