@@ -35,7 +35,7 @@ GAIN = 0.5  # share of the Newton step taken per update
 MAX_STEP = 0.25  # |Δ log λ| per update (λ moves at most ×1.28 per step)
 RATE_MEMORY = 0.5  # weight of the past in the smoothed spend rate, per step
 RATIO_MEMORY = 0.85  # weight of the past in the realized ÷ predicted ratio, per step
-RATIO_MARGIN = 0.02  # aim realized at budget / (1 + margin): the ratio is an estimate
+RATIO_MARGIN = 0.04  # aim realized at budget / (1 + margin): the ratio is a lagged estimate of a drifting level
 MIN_COVERED_SHARE = 0.005  # realized reports covering less than this share of the budget: ratio 1
 END_SHARE = 0.995  # past this share of the flight's traffic λ stays where it is (the cap finishes the job)
 
