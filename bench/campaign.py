@@ -35,6 +35,7 @@ from service.artifact import load_artifact
 from service.decision import choose
 from service.lambdas import BudgetSolver
 
+KILL_AT, RESTART_AT = 0.4, 0.55  # shares of the day: one replica killed (SIGKILL), a new one started
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 REPLICA_SETTINGS = {
     "pace_seconds": "1.0",
@@ -105,8 +106,8 @@ async def run_days(
                     pacing=pacing,
                     budget=budget,
                     day_seconds=day_seconds,
-                    kill_at=0.4 if kill else None,
-                    restart_at=0.55 if kill else None,
+                    kill_at=KILL_AT if kill else None,
+                    restart_at=RESTART_AT if kill else None,
                 )
                 print(f"playing the day: {name} ({day_seconds:.0f} s)", flush=True)
                 live = list(replicas)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not args.no_write:
         DOCS.mkdir(exist_ok=True)
-        plot_spend(DOCS / "campaigns-spend.png", day, traces, budget)
+        plot_spend(DOCS / "campaigns-spend.png", day, traces, budget, events={"paced_kill": [KILL_AT, RESTART_AT]})
         plot_lambda(DOCS / "campaigns-lambda.png", traces, reference_lambda, hindsight)
         (DOCS / "campaigns.md").write_text(text)
 

@@ -9,6 +9,7 @@ is the replica's own `Server-Timing: app;dur=…` header.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from bench.campaign_run import ADMIN
 from bench.campaign_world import Day
+from service.campaigns.spec import CampaignSpec
+from service.campaigns.wallet import SliceWallet
 
 AUDIENCE = 10_000_000  # the paced campaign's budget lasts far longer than the measurement
 
@@ -47,7 +50,27 @@ async def _measure(url: str, day: Day, batch: int, requests: int, concurrency: i
     return times
 
 
-async def measure_latency(url: str, day: Day, requests: int = 1500, concurrency: int = 1) -> dict[str, Any]:
+def cap_step_microseconds(batch: int, repeat: int = 3000) -> float:
+    """In-process cost of the ledger cap step of /allocate (`SliceWallet.cap`) for one batch, median of 5 runs."""
+    now = datetime.now(UTC)
+    spec = CampaignSpec(
+        total_budget=1e12, start=now - timedelta(minutes=1), end=now + timedelta(hours=1), expected_audience=10
+    )
+    wallet = SliceWallet("bench", spec, lease_seconds=1e6)
+    wallet.finish_report(1e12, 0.0, time.monotonic(), 1e12)
+    rng = np.random.default_rng(0)
+    cost = rng.uniform(0.0, 2.0, size=(batch, 5)).astype(np.float32)
+    treatment = rng.integers(0, 5, size=batch)
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeat):
+            wallet.cap(treatment, cost, None, time.time())
+        runs.append(1e6 * (time.perf_counter() - started) / repeat)
+    return float(np.median(runs))
+
+
+async def measure_latency(url: str, day: Day, requests: int = 2000, concurrency: int = 1) -> dict[str, Any]:
     """p50/p99 server ms per batch size for the paced and the plain campaign."""
     async with httpx.AsyncClient(timeout=30.0) as client:
         model = (await client.get(f"{url}/model")).json()
@@ -71,4 +94,5 @@ async def measure_latency(url: str, day: Day, requests: int = 1500, concurrency:
             name: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "n": len(v)}
             for name, v in times.items()
         }
+        rows[str(batch)]["cap_us"] = cap_step_microseconds(batch)
     return rows

@@ -20,7 +20,10 @@ TITLES = {
 }
 
 
-def plot_spend(path: Path, day: Day, traces: dict[str, DayTrace], budget: float) -> None:
+def plot_spend(
+    path: Path, day: Day, traces: dict[str, DayTrace], budget: float, events: dict[str, list[float]] | None = None
+) -> None:
+    """One panel per run; `events` marks moments (e.g. a replica killed and restarted) as vertical lines."""
     figure, axes = plt.subplots(1, len(traces), figsize=(5 * len(traces), 4), sharey=True)
     profile = np.concatenate([[0.0], np.cumsum(time_of_day(48))])
     for axis, (name, trace) in zip(np.atleast_1d(axes), traces.items(), strict=True):
@@ -39,6 +42,8 @@ def plot_spend(path: Path, day: Day, traces: dict[str, DayTrace], budget: float)
                 [s["realized"] / budget for s in trace.ledger],
                 label="realized reported",
             )
+        for moment in (events or {}).get(name, []):
+            axis.axvline(moment, color="grey", linewidth=0.6, linestyle="--")
         axis.set_title(TITLES.get(name, name))
         axis.set_xlabel("time of day (share of the flight)")
         axis.set_xlim(0, 1.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -73,6 +74,11 @@ class CampaignSpec(BaseModel):
             raise ValueError(f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})")
         return self
 
+    @cached_property
+    def flight_seconds(self) -> tuple[float, float]:
+        """(start, end) in unix seconds (cached: /allocate asks on every request)."""
+        return self.start.timestamp(), self.end.timestamp()
+
     @property
     def budget_per_capita(self) -> float:
         return self.total_budget / self.expected_audience
@@ -112,8 +118,9 @@ def flight_status(spec: CampaignSpec, now: float) -> CampaignStatus:
     """Active, scheduled, ended or paused at `now` (unix seconds); the ledger decides about exhausted."""
     if spec.paused:
         return CampaignStatus.PAUSED
-    if now < spec.start.timestamp():
+    start, end = spec.flight_seconds
+    if now < start:
         return CampaignStatus.SCHEDULED
-    if now >= spec.end.timestamp():
+    if now >= end:
         return CampaignStatus.ENDED
     return CampaignStatus.ACTIVE

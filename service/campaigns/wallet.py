@@ -129,9 +129,19 @@ class SliceWallet:
         treatment: (N,) chosen; cost: (N, K) predicted. The cheapest allowed treatment is what an individual
         gets at the least; its cost (0 for a no-coupon control) is charged too.
         """
-        floor = cheapest_allowed(cost, allowed)  # (N,)
         status = flight_status(self.spec, now)
         rows = np.arange(len(treatment))
+        if status is CampaignStatus.ACTIVE:
+            # The usual case, kept lean: the whole batch fits in the slice (one sum, no per-row bookkeeping).
+            chosen_cost = np.maximum(cost[rows, treatment], 0.0)  # (N,)
+            total = float(chosen_cost.sum(dtype=np.float64))
+            with self._lock:
+                if time.monotonic() < self._deadline and total <= self._available:
+                    self._available -= total
+                    self._spent_total += total
+                    self._demand_total += total
+                    return Capped(treatment, status, 0)
+        floor = cheapest_allowed(cost, allowed)  # (N,)
         if status is not CampaignStatus.ACTIVE:
             floor_total = float(np.maximum(cost[rows, floor].astype(np.float64), 0.0).sum())
             with self._lock:
