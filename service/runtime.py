@@ -15,7 +15,7 @@ from service.campaigns.leader import Pacer, keep_pacing
 from service.campaigns.ledger import InProcessLedger, Ledger
 from service.campaigns.metrics import register_campaign_metrics
 from service.campaigns.redis_ledger import open_ledger
-from service.campaigns.slices import CampaignBook, SliceSettings, keep_slices
+from service.campaigns.slices import CampaignBook, SliceSettings, keep_slices, watch_new_campaigns
 from service.config import Settings
 from service.errors import StoreUnavailableError
 from service.features import FeatureEncoder
@@ -71,10 +71,16 @@ async def start_runtime(settings: Settings) -> Runtime:
     runtime = Runtime(
         settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, campaigns, pacer
     )
+    try:  # campaigns known before the first request, so none is served uncapped while the task starts
+        await campaigns.refresh_specs()
+    except StoreUnavailableError as error:
+        log.warning("starting without campaign specs: %s", error)
     runtime.campaign_tasks = [
         asyncio.create_task(keep_slices(campaigns), name="campaign-slices"),
         asyncio.create_task(keep_pacing(pacer), name="campaign-pacing"),
     ]
+    if store.backend != "in-process":  # in process, PUT /campaigns teaches this (only) replica directly
+        runtime.campaign_tasks.append(asyncio.create_task(watch_new_campaigns(campaigns, store), name="campaign-watch"))
     return runtime
 
 

@@ -19,6 +19,7 @@ from service.campaigns.ledger import Ledger, LedgerState
 from service.campaigns.spec import CampaignSpec, CampaignStatus, flight_status
 from service.campaigns.wallet import SliceWallet
 from service.errors import StoreUnavailableError
+from service.state import LambdaStore
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,20 @@ class CampaignBook:
     async def refresh_specs(self) -> None:
         """Learn new campaigns and spec changes from the ledger."""
         for campaign in await self.ledger.managed():
-            found = await self.ledger.read(campaign)
-            if found is None:
-                continue
-            try:
-                spec = CampaignSpec.model_validate_json(found[0])
-            except ValidationError:
-                log.error("campaign %s: unreadable spec in the ledger; skipped", campaign, exc_info=True)
-                continue
-            self.learn(campaign, spec)
-            self.states[campaign] = found[1]
+            await self.refresh_spec(campaign)
         self._refreshed_at = time.monotonic()
+
+    async def refresh_spec(self, campaign: str) -> None:
+        found = await self.ledger.read(campaign)
+        if found is None:
+            return
+        try:
+            spec = CampaignSpec.model_validate_json(found[0])
+        except ValidationError:
+            log.error("campaign %s: unreadable spec in the ledger; skipped", campaign, exc_info=True)
+            return
+        self.learn(campaign, spec)
+        self.states[campaign] = found[1]
 
     def want(self, wallet: SliceWallet, now: float, budget: float) -> float:
         """The slice to ask for: about `slice_seconds` of recent demand, none while the campaign is inactive."""
@@ -152,3 +156,18 @@ async def keep_slices(book: CampaignBook) -> None:
         except StoreUnavailableError as error:
             book.mark(False, str(error))
         await asyncio.sleep(book.settings.tick)
+
+
+async def watch_new_campaigns(book: CampaignBook, store: LambdaStore) -> None:
+    """Run until cancelled: learn a campaign as soon as its first λ record is announced.
+
+    A new campaign's ledger is written before its λ record is published, so a replica learns the campaign
+    (and caps it) within milliseconds of being able to serve it, instead of at its next spec refresh.
+    """
+    while True:
+        try:
+            async for campaign in store.announcements(timeout=book.settings.refresh):
+                if campaign is not None and campaign not in book.wallets:
+                    await book.refresh_spec(campaign)
+        except StoreUnavailableError:
+            await asyncio.sleep(book.settings.tick)
