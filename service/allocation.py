@@ -13,7 +13,7 @@ from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
 from service.payload import AllocateBatch, encode_allocations
 from service.schemas import BudgetOut, BudgetRequest, LambdaOut
-from service.state import LambdaStore
+from service.state import LambdaStore, WriteRequest
 
 
 def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[bytes, NDArray[np.int64]]:
@@ -51,20 +51,35 @@ def lambda_out(campaign: str, served: Served, model_version: str) -> LambdaOut:
     )
 
 
-async def set_budget(request: BudgetRequest, solver: BudgetSolver, store: LambdaStore, table: LambdaTable) -> BudgetOut:
-    """Solve λ* exactly for the budget, store it with the next version (announced), and serve it here at once."""
+async def set_budget(
+    request: BudgetRequest, solver: BudgetSolver, store: LambdaStore, table: LambdaTable, request_id: str
+) -> BudgetOut:
+    """Solve λ* exactly for the budget, store it with the next version (announced), and serve it here at once.
+
+    The answer describes the record this call stored (or, for a retried `request_id`, the one its first call
+    stored), never whatever another concurrent call stored since.
+    """
     started = time.perf_counter()
+    field = "budget_per_capita" if request.budget_per_capita is not None else "total_budget"
     try:
         solution = solver.solve(request.per_capita)
     except BudgetError as error:
-        field = "budget_per_capita" if request.budget_per_capita is not None else "total_budget"
         raise RequestError(field, str(error)) from error
     solve_ms = 1e3 * (time.perf_counter() - started)
     record = solver.record(request.campaign, request.per_capita, solution)
-    stored = await store.put(record, after_version=table.current(request.campaign).version)
+    write = WriteRequest(request_id, fingerprint=f"{request.campaign}:{request.per_capita!r}")
+    try:
+        stored = await store.put(record, after_version=table.current(request.campaign).version, request=write)
+    except ValueError as error:  # the request id was used before for another budget
+        raise RequestError("idempotency-key", str(error), status=409) from error
     table.apply(stored)
-    served = table.current(request.campaign)
+    served = Served(stored.lam, stored.version, "store", stored)
     out = lambda_out(request.campaign, served, solver.model_version)
     return BudgetOut.model_validate(
-        {**out.model_dump(by_alias=True), "solve_ms": solve_ms, "population_size": solver.population_size}
+        {
+            **out.model_dump(by_alias=True),
+            "solve_ms": solve_ms,
+            "population_size": solver.population_size,
+            "request_id": request_id,
+        }
     )

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
     refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
     redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")
+    serve_unknown_campaigns: bool = Field(
+        default=False, description="serve campaigns with no budget the manifest's default λ (else 404)"
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.errors import RequestError
 from service.payload import CAMPAIGN_PATTERN
 
 CAMPAIGN_FIELD = Field(default="default", pattern=CAMPAIGN_PATTERN.pattern, description="campaign name")
@@ -44,10 +46,16 @@ class AllocateResponse(BaseModel):
     lambda_version: int = Field(description="version of the λ* record (0: the manifest's default)")
 
 
-class BudgetRequest(BaseModel):
-    """A new budget: per capita, or a total over `population_size` individuals."""
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer: one sentence that names the field (or the dependency) at fault."""
 
-    model_config = ConfigDict(extra="forbid")
+    detail: str = Field(description="what is wrong, starting with the field it is about")
+
+
+class BudgetRequest(BaseModel):
+    """A new budget: per capita, or a total over `population_size` individuals. Strict JSON types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     campaign: str = CAMPAIGN_FIELD
     budget_per_capita: float | None = Field(default=None, description="expected cost per individual")
@@ -95,6 +103,33 @@ class LambdaOut(BaseModel):
 class BudgetOut(LambdaOut):
     solve_ms: float = Field(description="server time to solve λ* on the reference population")
     population_size: int = Field(description="rows of the reference population")
+    request_id: str = Field(description="the Idempotency-Key (sent or generated): a retry with it returns this write")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def problems(errors: Sequence[Any]) -> list[tuple[str, str]]:
+    """(field, message) for each pydantic error, the field dotted from its location without 'body'."""
+    out = []
+    for item in errors:
+        field = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append((field, message))
+    return out
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a JSON body against `model` (strict types as the model declares); RequestError names each field."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_input=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            raise RequestError("body", f"invalid JSON ({errors[0]['msg']})") from error
+        found = problems(errors)
+        rest = "".join(f"; {field}: {message}" for field, message in found[1:])
+        raise RequestError(found[0][0], found[0][1] + rest) from error
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

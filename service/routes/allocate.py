@@ -52,7 +52,7 @@ async def allocate_individuals(
     batch = decode_allocate(body, encoder, artifact.manifest.n_treatments, settings.max_batch)
     if not table.synced:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "λ* unknown: the store has not answered since startup")
-    served = table.current(batch.campaign)
+    served = table.serving(batch.campaign)
     content, treatment = allocate(batch, artifact, served)
     metrics.batch_size.observe(len(treatment))
     metrics.count_allocations(treatment)
