@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
+from service.guards import DrainState, Guard
 from service.routes import allocate, budget, system
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import problems
@@ -138,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.drain = drain = DrainState()
+    app.add_middleware(Guard, settings=settings, drain=drain)  # inside RequestLog, so its answers are logged
     app.add_middleware(RequestLog)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
