@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openapi
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
 from service.guards import DrainState, Guard
@@ -149,4 +150,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(allocate.router)
     app.include_router(budget.router)
     app.include_router(system.router)
+    openapi.install(app)
     return app

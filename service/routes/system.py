@@ -28,7 +28,11 @@ async def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_class=JSONResponse, responses={503: {"description": "λ* not known yet, or draining before shutdown"}})
+@router.get(
+    "/readyz",
+    response_class=JSONResponse,
+    responses={503: {"description": "λ* not known yet, or draining before shutdown"}},
+)
 async def read_readiness(
     request: Request, runtime: RuntimeDep, artifact: ArtifactDep, table: TableDep, store: StoreDep
 ) -> JSONResponse:
