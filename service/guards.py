@@ -13,17 +13,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import HTTPException
-from fastapi.routing import APIRoute
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
-from service.deps import admin_problem, require_admin
+from service.deps import admin_problem
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LARGE_BODY_PATHS = frozenset({"/allocate"})  # batch bodies; everything else gets the small limit
@@ -68,7 +68,7 @@ class Guard:
         self.settings = settings
         self.drain = drain
         self.held = HeldBytes(settings.max_held_body_bytes)
-        self.admin_routes: list[APIRoute] | None = None  # found on the first request (routes exist by then)
+        self.admin_operations: list[tuple[str, re.Pattern[str]]] | None = None  # found on the first request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +81,10 @@ class Guard:
             return
         problem = self._admin_problem(scope)
         if problem is not None:
-            await _respond(send, problem.status_code, str(problem.detail), problem.headers)
+            # The body is left unread: the connection cannot be reused.
+            await _respond(
+                send, problem.status_code, str(problem.detail), {**(problem.headers or {}), "connection": "close"}
+            )
             return
         limit = (
             self.settings.max_body_bytes if scope["path"] in LARGE_BODY_PATHS else self.settings.max_small_body_bytes
@@ -109,11 +112,11 @@ class Guard:
 
     def _admin_problem(self, scope: Scope) -> HTTPException | None:
         """The 401/403 an admin route would answer, or None (not an admin route, or the token is right)."""
-        if self.admin_routes is None:
-            self.admin_routes = [r for r in scope["app"].routes if isinstance(r, APIRoute) and _is_admin(r)]
-        for route in self.admin_routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
+        if self.admin_operations is None:
+            self.admin_operations = admin_operations(scope["app"].openapi())
+        method, path = scope["method"], scope["path"]
+        for admin_method, pattern in self.admin_operations:
+            if method == admin_method and pattern.fullmatch(path):
                 return admin_problem(self.settings, _header(scope, b"authorization"))
         return None
 
@@ -153,14 +156,18 @@ class _CountedBody:
         self._taken = 0
 
 
-def _is_admin(route: APIRoute) -> bool:
-    pending = [route.dependant]
-    while pending:
-        dependant = pending.pop()
-        if dependant.call is require_admin:
-            return True
-        pending.extend(dependant.dependencies)
-    return False
+def admin_operations(openapi: dict[str, Any]) -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path pattern) of every operation that needs the admin token: those OpenAPI marks `security`.
+
+    Read from the published document, so a new admin route is guarded without being listed anywhere.
+    """
+    operations = []
+    for path, methods in openapi.get("paths", {}).items():
+        pattern = re.compile(re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path)))
+        for method, operation in methods.items():
+            if operation.get("security"):
+                operations.append((method.upper(), pattern))
+    return operations
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
