@@ -75,8 +75,8 @@ def write_report(path: Path, results: dict[str, Any], memory_limit_mb: int, argv
     for outcome, n in abuse["outcomes"].items():
         lines.append(f"- {n} × {outcome}")
     lines += [
-        f"- 48 large requests, 16 at a time (10,000-individual batches and 6 MB non-body JSON): statuses "
-        f"{abuse['heavy_statuses']}.",
+        "- 48 large requests, 16 at a time (10,000-individual batches, and 6 MB arrays of empty objects: the"
+        f" largest decoded size a body under the limit can have): statuses {abuse['heavy_statuses']}.",
         f"- **Peak RSS of the replica (VmHWM, whole run): {abuse['peak_rss_mb']:.0f} MiB**, against the k8s "
         f"memory limit of {memory_limit_mb} MiB.",
         f"- `/healthz` while those batches ran: p50 {abuse['healthz_p50_ms']:.1f} ms, "

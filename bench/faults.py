@@ -301,7 +301,7 @@ def abuse(replica: Replica, big_batch: list[dict[str, Any]]) -> dict[str, Any]:
             outcomes[
                 f"chunked 100 MB {path}{' with token' if token else ''} → {chunked_post(replica, path, 100, token)}"
             ] += 1
-    junk = b"[" + b"0," * (3 * 2**20) + b"0]"  # 6 MB: under the body limit, not a valid body
+    junk = b"[" + b"{}," * (2 * 2**20 - 2000) + b"{}]"  # 6 MB of empty objects: the worst decoded size per byte
     batch_body = orjson.dumps({"individuals": big_batch})  # encoded once: the client shares the 2 cores
     probe_ms: list[float] = []
     stop = threading.Event()
