@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service.artifact import Artifact, load_artifact
@@ -22,7 +23,7 @@ from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
 from service.state import LambdaStore, open_store
-from service.sync import keep_in_sync, resync
+from service.sync import resync, supervise_sync
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class Runtime:
     store: LambdaStore
     metrics: Metrics
     sync_task: asyncio.Task[None] | None
+    # The threads that decode and score large /allocate bodies, as many as may run at once: bounds their
+    # memory (a decoded 10k-row body is tens of MB of Python objects, and each thread that ever held one keeps
+    # its malloc arena) and leaves the event loop its share of the GIL.
+    batch_threads: ThreadPoolExecutor
     campaigns: CampaignBook
     pacer: Pacer
     campaign_tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -51,7 +56,9 @@ async def start_runtime(settings: Settings) -> Runtime:
     artifact = load_artifact(settings.model_dir, threads=settings.threads)
     manifest = artifact.manifest
     solver = BudgetSolver(artifact)
-    table = LambdaTable(solver, manifest.default_lambda, manifest.default_budget_per_capita)
+    table = LambdaTable(
+        solver, manifest.default_lambda, manifest.default_budget_per_capita, settings.serve_unknown_campaigns
+    )
     store = open_store(settings.redis_url, settings.redis_prefix, settings.redis_timeout_seconds)
     metrics = Metrics(manifest.treatment_names, artifact.model_version, manifest.method, store.backend)
     task: asyncio.Task[None] | None = None
@@ -64,12 +71,13 @@ async def start_runtime(settings: Settings) -> Runtime:
         except StoreUnavailableError as error:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
-        task = asyncio.create_task(keep_in_sync(store, table, settings.refresh_seconds), name="lambda-sync")
+        task = asyncio.create_task(supervise_sync(store, table, settings.refresh_seconds), name="lambda-sync")
+    threads = ThreadPoolExecutor(settings.max_concurrent_batches, thread_name_prefix="allocate")
     campaigns = open_campaigns(settings)
     pacer = Pacer(campaigns, solver, store, table, settings.pace_seconds)
     register_campaign_metrics(metrics.registry, campaigns, pacer)
     runtime = Runtime(
-        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, campaigns, pacer
+        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads, campaigns, pacer
     )
     try:  # campaigns known before the first request, so none is served uncapped while the task starts
         await campaigns.refresh_specs()
@@ -104,6 +112,7 @@ STOP_WAIT_SECONDS = 0.5
 
 
 async def stop_runtime(runtime: Runtime) -> None:
+    runtime.batch_threads.shutdown(wait=False, cancel_futures=True)
     for task in runtime.campaign_tasks:
         await _stop_task(task)
     await runtime.campaigns.return_all()  # unused slices go back to the ledger for the other replicas

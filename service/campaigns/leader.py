@@ -18,7 +18,7 @@ from service.campaigns.ledger import LedgerState
 from service.campaigns.pacing import PaceStep, pace, revenue_per_capita, spend_per_capita
 from service.campaigns.slices import CampaignBook
 from service.campaigns.spec import CampaignStatus, flight_status
-from service.errors import StoreUnavailableError
+from service.errors import StoreUnavailableError, WriteOutcomeUnknownError
 from service.lambdas import BudgetSolver, LambdaTable
 from service.state import LambdaRecord, LambdaStore
 
@@ -92,6 +92,7 @@ async def keep_pacing(pacer: Pacer) -> None:
         for campaign in list(pacer.book.wallets):
             try:
                 await pacer.step(campaign)
-            except StoreUnavailableError as error:
+            except (StoreUnavailableError, WriteOutcomeUnknownError) as error:
+                # An unknown write outcome is harmless here: the next step reads the served λ back and goes on.
                 log.warning("campaign %s: pacing step skipped: %s", campaign, error)
         await asyncio.sleep(pacer.pace_seconds)

@@ -60,8 +60,10 @@ async def put_campaign(
     table: LambdaTable,
 ) -> None:
     """Create or update a campaign; a new one (or pacing 'off') gets the reference λ* for budget ÷ audience."""
+    # A budget above what the reference population can spend buys the revenue-maximising policy (λ* = 0).
+    most = solver.sweep.max_spend / solver.population_size
     try:
-        solution = solver.solve(spec.budget_per_capita)
+        solution = solver.solve(min(spec.budget_per_capita, most))
     except BudgetError as error:
         raise RequestError("total_budget", f"÷ expected_audience: {error}") from error
     existing = await book.ledger.read(campaign)

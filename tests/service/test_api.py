@@ -155,9 +155,12 @@ def test_budget_solves_lambda_exactly_and_serves_it(client: TestClient, model_di
     assert client.get("/budget", params={"campaign": "spring"}).json()["version"] == 2
     body = client.post("/allocate", json={"campaign": "spring", "individuals": [{"id": 1, "features": [0, 0, 1, 0]}]})
     assert body.json()["lambda"] == expected.lam and body.json()["lambda_version"] == 2
-    # Another campaign still uses the manifest default.
-    other = client.get("/budget", params={"campaign": "autumn"}).json()
-    assert other["version"] == 0 and other["source"] == "manifest default"
+    # The default campaign still uses the manifest default; a campaign with no budget is not served at all.
+    default = client.get("/budget").json()
+    assert default["version"] == 0 and default["source"] == "manifest default"
+    other = client.get("/budget", params={"campaign": "autumn"})
+    assert other.status_code == 404
+    assert other.json()["detail"].startswith("campaign: no budget set for campaign 'autumn'")
 
 
 @pytest.mark.parametrize(

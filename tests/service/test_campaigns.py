@@ -121,7 +121,7 @@ def test_budget_below_committed_is_refused(client: TestClient) -> None:
 
 
 def test_plain_budget_campaigns_are_not_capped(client: TestClient) -> None:
-    client.post("/budget", json={"campaign": "legacy", "budget_per_capita": 5.0}, headers=ADMIN)
+    client.post("/budget", json={"campaign": "legacy", "budget_per_capita": 0.5}, headers=ADMIN)
     body = allocate(client, "legacy", 20, seed=5)
     assert "campaign_status" not in body
 
