@@ -33,6 +33,17 @@ HOW_IT_WORKS = """
   expected traffic (`traffic_profile`), with the spend elasticity of the reference population as the slope,
   and lowers the cap by the realized ÷ predicted cost ratio (recent reports weighted more, 4% margin). Each new
   λ is a versioned λ record published through `LambdaStore.put`, so every replica serves it.
+
+Limits, measured or by design:
+- A killed replica's slice is charged as spent (`presumed`): the cap stays strict, and the budget loses at
+  most one slice per crash (the killed run below: committed − given).
+- A replica learns a new campaign from the same pub/sub message that carries its first λ record (and at the
+  latest at its next spec refresh); between the two reads it would serve the campaign like a plain `/budget`
+  campaign, uncapped. Creating a campaign before its flight starts (as here: 3 s ahead) closes that window.
+- The cheapest allowed treatment is given even when the slice cannot pay for it; the cap is exact when it
+  costs nothing (no coupon), as in every campaign here.
+- A single p99 on this shared 2-core machine moves by several ms from run to run; the cap step itself is
+  measured in process beside it.
 """
 
 

@@ -114,7 +114,7 @@ STOP_WAIT_SECONDS = 0.5
 async def stop_runtime(runtime: Runtime) -> None:
     runtime.batch_threads.shutdown(wait=False, cancel_futures=True)
     for task in runtime.campaign_tasks:
-        await _stop_task(task)
+        await _stop_task(task, what=task.get_name())
     await runtime.campaigns.return_all()  # unused slices go back to the ledger for the other replicas
     await runtime.campaigns.ledger.close()
     if runtime.sync_task is not None:
@@ -122,7 +122,7 @@ async def stop_runtime(runtime: Runtime) -> None:
     await runtime.store.close()
 
 
-async def _stop_task(task: asyncio.Task[None]) -> None:
+async def _stop_task(task: asyncio.Task[None], what: str = "λ* sync") -> None:
     """Cancel `task` until it ends, so a shutdown never hangs on it.
 
     One cancel is not always enough: when it lands just as redis-py's socket timeout fires, Python 3.11's
@@ -134,6 +134,6 @@ async def _stop_task(task: asyncio.Task[None]) -> None:
         done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_SECONDS)
         if done:
             if not task.cancelled() and task.exception() is not None:
-                log.error("the %s task had failed", task.get_name(), exc_info=task.exception())
+                log.error("the %s task had failed", what, exc_info=task.exception())
             return
-    log.warning("the %s task did not stop after %d cancellations; leaving it", task.get_name(), STOP_ATTEMPTS)
+    log.warning("the %s task did not stop after %d cancellations; leaving it", what, STOP_ATTEMPTS)
