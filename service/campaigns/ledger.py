@@ -64,9 +64,18 @@ class Ledger(Protocol):
         ...
 
     async def report(
-        self, campaign: str, replica: str, spent_total: float, want: float, lease_ms: int, share: float, release: bool
+        self,
+        campaign: str,
+        replica: str,
+        seq: int,
+        spent_total: float,
+        want: float,
+        lease_ms: int,
+        share: float,
+        release: bool,
     ) -> Grant | None:
-        """Count new spend (`spent_total` is cumulative: a retry counts once), renew the lease, resize the
+        """`seq` increases with every report of a replica; an older one than the last applied changes nothing.
+        Count new spend (`spent_total` is cumulative: a retry counts once), renew the lease, resize the
         slice towards `want` (release: return it); None when the campaign does not exist."""
         ...
 
@@ -99,6 +108,7 @@ class _Campaign:
     leases: dict[str, float] = field(default_factory=dict)  # replica → expiry (monotonic ms)
     charged: dict[str, float] = field(default_factory=dict)  # replica → reclaimed slice, charged as spent
     reported: dict[str, float] = field(default_factory=dict)  # replica → cumulative spend reported
+    seqs: dict[str, int] = field(default_factory=dict)  # replica → last report sequence number applied
     pace: dict[str, float] = field(default_factory=dict)
     leader: tuple[str, float] | None = None
 
@@ -161,11 +171,22 @@ class InProcessLedger:
         return True
 
     async def report(
-        self, campaign: str, replica: str, spent_total: float, want: float, lease_ms: int, share: float, release: bool
+        self,
+        campaign: str,
+        replica: str,
+        seq: int,
+        spent_total: float,
+        want: float,
+        lease_ms: int,
+        share: float,
+        release: bool,
     ) -> Grant | None:
         kept = self._campaigns.get(campaign)
         if kept is None:
             return None
+        if seq <= kept.seqs.get(replica, 0):
+            return Grant(kept.slices.get(replica, 0.0), kept.state())
+        kept.seqs[replica] = seq
         seen = kept.reported.get(replica, 0.0)
         spent = max(spent_total - seen, 0.0)
         kept.reported[replica] = max(spent_total, seen)

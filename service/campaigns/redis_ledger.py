@@ -49,12 +49,22 @@ return state()
 """
 )
 
-# KEYS: ledger, slices, leases, presumed. ARGV: replica, cumulative spent, want, lease ms, share, release (0/1).
+# KEYS: ledger, slices, leases, presumed. ARGV: replica, cumulative spent, want, lease ms, share, release (0/1),
+# report sequence number (increasing per replica).
 # Returns {held, state...}, or {} when the campaign does not exist.
 _REPORT = (
     _HELPERS
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+-- A report overtaken by a later one of the same replica (its answer timed out, its bytes arrived late) must not
+-- resize the slice the replica now believes it holds: it changes nothing.
+local seq = tonumber(ARGV[7])
+if seq <= tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. '#seq') or '0') then
+  local out = state()
+  table.insert(out, 1, redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+  return out
+end
+redis.call('HSET', KEYS[2], ARGV[1] .. '#seq', seq)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local committed, reserved, presumed = num('committed'), num('reserved'), num('presumed')
@@ -236,11 +246,27 @@ class RedisLedger:
         return sorted(m.decode() for m in members)
 
     async def report(
-        self, campaign: str, replica: str, spent_total: float, want: float, lease_ms: int, share: float, release: bool
+        self,
+        campaign: str,
+        replica: str,
+        seq: int,
+        spent_total: float,
+        want: float,
+        lease_ms: int,
+        share: float,
+        release: bool,
     ) -> Grant | None:
         keys = [self._key(campaign), self._key(campaign, "slices"), self._key(campaign, "leases")]
         keys.append(self._key(campaign, "presumed"))
-        args: list[str | int] = [replica, repr(spent_total), repr(want), lease_ms, repr(share), "1" if release else "0"]
+        args: list[str | int] = [
+            replica,
+            repr(spent_total),
+            repr(want),
+            lease_ms,
+            repr(share),
+            "1" if release else "0",
+            seq,
+        ]
         values = await self._call(self._report(keys=keys, args=args))
         if not values:
             return None

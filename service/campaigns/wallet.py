@@ -51,6 +51,7 @@ class SliceWallet:
         self._spent_total = 0.0  # cumulative predicted cost given out by this replica
         self._acked_total = 0.0  # ... of which the ledger has acknowledged this much
         self._baseline = 0.0  # spend before the ledger was last recreated (not reported again)
+        self._seq = 0  # reports sent
         self._deadline = 0.0  # monotonic time after which the slice may no longer be spent
         self._demand_total = 0.0  # cumulative predicted cost of the treatments chosen, paid for or not
         self._demand_times: list[tuple[float, float]] = []  # (monotonic, demand_total) for the demand rate
@@ -68,11 +69,13 @@ class SliceWallet:
         with self._lock:
             return self._available if time.monotonic() < self._deadline else 0.0
 
-    def begin_report(self, want: float) -> tuple[float, float]:
-        """(cumulative spend to report, send time); first lowers the authority to `want` (safe if no answer)."""
+    def begin_report(self, want: float) -> tuple[int, float, float]:
+        """(sequence number, cumulative spend to report, send time); first lowers the authority to `want` (safe
+        if no answer comes)."""
         with self._lock:
             self._available = min(self._available, want)
-            return self._spent_total - self._baseline, time.monotonic()
+            self._seq += 1
+            return self._seq, self._spent_total - self._baseline, time.monotonic()
 
     def finish_report(self, held: float, reported_total: float, sent_at: float, unreserved: float) -> None:
         """Redis answered: it holds `held` for us as of `reported_total`; the lease runs from `sent_at`;

@@ -206,22 +206,19 @@ def test_redis_down_means_no_overspend(
 async def _script(ledger: Ledger) -> list[LedgerState | None]:
     """The same operations on a ledger; returns the states after each."""
     out: list[LedgerState | None] = [await ledger.upsert("c", "{}", 100.0)]
-    for replica, total, want in [
-        ("a", 0.0, 30.0),
-        ("b", 0.0, 80.0),
-        ("a", 12.5, 30.0),
-        ("a", 12.5, 30.0),
-        ("b", 40.0, 10.0),
-    ]:
-        grant = await ledger.report("c", replica, total, want, 60_000, 0.5, False)
+    steps = [("a", 1, 0.0, 30.0), ("b", 1, 0.0, 80.0), ("a", 2, 12.5, 30.0), ("a", 3, 12.5, 30.0), ("b", 2, 40.0, 10.0)]
+    for replica, seq, total, want in steps:
+        grant = await ledger.report("c", replica, seq, total, want, 60_000, 0.5, False)
         out.append(None if grant is None else grant.state)
     out.append(await ledger.realize("c", 5.0, 4.0))
     await ledger.set_cap("c", 70.0)
-    grant = await ledger.report("c", "a", 20.0, 50.0, 60_000, 0.5, False)
+    grant = await ledger.report("c", "a", 4, 20.0, 50.0, 60_000, 0.5, False)
     out.append(None if grant is None else grant.state)
-    grant = await ledger.report("c", "b", 41.0, 0.0, 60_000, 0.5, True)
+    stale = await ledger.report("c", "a", 3, 20.0, 1.0, 60_000, 0.5, False)  # overtaken: must not shrink a's slice
+    out.append(None if stale is None else stale.state)
+    grant = await ledger.report("c", "b", 3, 41.0, 0.0, 60_000, 0.5, True)
     out.append(None if grant is None else grant.state)
-    out.append(None if await ledger.report("missing", "a", 0.0, 1.0, 1000, 0.5, False) is None else out[0])
+    out.append(None if await ledger.report("missing", "a", 1, 0.0, 1.0, 1000, 0.5, False) is None else out[0])
     return out
 
 
@@ -240,3 +237,4 @@ def test_redis_and_in_process_ledgers_agree(redis_url: str, prefix: str) -> None
     final = in_redis[-2]
     assert final is not None and final.committed + final.reserved <= final.budget
     assert in_redis[4] == in_redis[3]  # the same cumulative report twice counts once
+    assert in_redis[8] == in_redis[7]  # an overtaken report changes nothing
