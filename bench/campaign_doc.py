@@ -40,8 +40,9 @@ Limits, measured or by design:
 - A replica learns a new campaign from the same pub/sub message that carries its first λ record (and at the
   latest at its next spec refresh); between the two reads it would serve the campaign like a plain `/budget`
   campaign, uncapped. Creating a campaign before its flight starts (as here: 3 s ahead) closes that window.
-- The cheapest allowed treatment is given even when the slice cannot pay for it; the cap is exact when it
-  costs nothing (no coupon), as in every campaign here.
+- The cheapest allowed treatment is given even when the slice cannot pay for it; it is then not charged
+  (`allocator_campaign_uncharged_floor_cost`), so the ledger stays within the budget. Here that is the model's
+  predicted cost of no coupon (≈ 0.0004 per individual on average): the "given" column counts it, the ledger does not.
 - A single p99 on this shared 2-core machine moves by several ms from run to run; the cap step itself is
   measured in process beside it.
 """

@@ -37,6 +37,7 @@ class CampaignCollector(Collector):
                 ("slice_held", "Budget slice this replica may still spend"),
                 ("pace_error", "(committed − target) ÷ budget at the last pacing step this replica led"),
                 ("paced_lambda", "λ chosen by the last pacing step this replica led"),
+                ("uncharged_floor_cost", "Predicted cost of cheapest treatments given beyond this replica's slice"),
             )
         }
         capped = CounterMetricFamily(
@@ -52,6 +53,7 @@ class CampaignCollector(Collector):
                 families["realized"].add_metric([campaign], state.realized)
                 families["remaining"].add_metric([campaign], state.remaining)
             families["slice_held"].add_metric([campaign], wallet.available)
+            families["uncharged_floor_cost"].add_metric([campaign], wallet.uncharged)
             step = self.pacer.last.get(campaign)
             if step is not None:
                 families["pace_error"].add_metric([campaign], step.pace_error)

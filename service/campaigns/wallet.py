@@ -57,6 +57,7 @@ class SliceWallet:
         self._demand_times: list[tuple[float, float]] = []  # (monotonic, demand_total) for the demand rate
         self.ledger_up = False
         self._unreserved = 0.0
+        self.uncharged = 0.0  # predicted cost of cheapest treatments given beyond the slice (not in the ledger)
         self._capped: dict[str, int] = {}  # reason → individuals moved to the cheapest treatment
 
     @property
@@ -110,6 +111,13 @@ class SliceWallet:
             with self._lock:
                 self._capped[reason.value] = self._capped.get(reason.value, 0) + individuals
 
+    def _pay_floor(self, floor_total: float, leased: bool) -> None:
+        """Charge the cheapest treatments from the slice as far as it can pay (caller holds the lock)."""
+        charge = min(floor_total, max(self._available, 0.0)) if leased else 0.0
+        self._available -= charge
+        self._spent_total += charge
+        self.uncharged += floor_total - charge
+
     def demand_rate(self, now: float, window: float) -> float:
         """Predicted cost per second of the treatments chosen over the last `window` seconds (paid for or not:
         a slice sized by what was paid for could never grow past a batch it cannot pay)."""
@@ -130,7 +138,8 @@ class SliceWallet:
         """Pay for the chosen treatments in request order while the slice lasts; the rest get the cheapest.
 
         treatment: (N,) chosen; cost: (N, K) predicted. The cheapest allowed treatment is what an individual
-        gets at the least; its cost (0 for a no-coupon control) is charged too.
+        gets at the least; its cost (about 0 for a no-coupon control) is charged while the slice can pay it, and
+        beyond that given uncharged (counted in `uncharged`), so the ledger never goes past the budget.
         """
         status = flight_status(self.spec, now)
         rows = np.arange(len(treatment))
@@ -148,8 +157,7 @@ class SliceWallet:
         if status is not CampaignStatus.ACTIVE:
             floor_total = float(np.maximum(cost[rows, floor].astype(np.float64), 0.0).sum())
             with self._lock:
-                self._available -= floor_total
-                self._spent_total += floor_total
+                self._pay_floor(floor_total, time.monotonic() < self._deadline)
             moved = int((treatment != floor).sum())
             self._count(status, moved)
             return Capped(floor, status, moved)
@@ -160,8 +168,9 @@ class SliceWallet:
             available = self._available if leased else 0.0
             room = available - float(floor_cost.sum())
             fits = np.cumsum(extra) <= room  # (N,) a prefix: the batch is paid in request order
-            charge = float(floor_cost.sum() + extra[fits].sum())
             self._demand_total += float(floor_cost.sum() + extra.sum())
+            self._pay_floor(float(floor_cost.sum()), leased)
+            charge = float(extra[fits].sum())
             self._available -= charge
             self._spent_total += charge
         given = np.where(fits, treatment, floor)

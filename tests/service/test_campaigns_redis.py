@@ -238,3 +238,35 @@ def test_redis_and_in_process_ledgers_agree(redis_url: str, prefix: str) -> None
     assert final is not None and final.committed + final.reserved <= final.budget
     assert in_redis[4] == in_redis[3]  # the same cumulative report twice counts once
     assert in_redis[8] == in_redis[7]  # an overtaken report changes nothing
+
+
+def test_a_frozen_redis_does_not_break_the_cap(
+    make_client: AppFactory, model_dir: Path, redis_server: RedisServer, redis_url: str, prefix: str
+) -> None:
+    """Redis stops answering for longer than the socket timeout (SIGSTOP), then resumes with the reports that
+    timed out still queued: they arrive after newer ones and must not resize the slices the replicas spend."""
+    replicas = [
+        make_client(model_dir, redis_url=redis_url, redis_prefix=prefix, redis_timeout_seconds=0.2, **FAST)
+        for _ in range(2)
+    ]
+    budget = 80.0
+    replicas[0].put("/campaigns/frozen", json=spec(budget, expected_audience=100), headers=ADMIN)
+    wait_for(lambda: all(learned(r, "frozen") for r in replicas))
+    assert redis_server.process is not None
+    given = 0.0
+    with LedgerWatch(redis_url, prefix, "frozen") as watch:
+        for round_ in range(3):
+            for s in range(5):
+                given += given_cost(allocate(replicas[s % 2], "frozen", 10, seed=100 * round_ + s))
+            redis_server.process.send_signal(signal.SIGSTOP)
+            try:
+                for s in range(5, 15):
+                    given += given_cost(allocate(replicas[s % 2], "frozen", 10, seed=100 * round_ + s))
+                    time.sleep(0.05)
+            finally:
+                redis_server.process.send_signal(signal.SIGCONT)
+            time.sleep(0.3)
+        for s in range(1000, 1100):
+            given += given_cost(allocate(replicas[s % 2], "frozen", 20, seed=s))
+    assert given <= budget + 1e-6
+    assert watch.max_used <= budget + 1e-9 and watch.max_committed <= budget + 1e-9
