@@ -342,7 +342,7 @@ def abuse(replica: Replica, big_batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=300, help="schemathesis examples per operation and phase")
+    parser.add_argument("--examples", type=int, default=1000, help="schemathesis examples per operation and phase")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     args = parser.parse_args(argv)
     started = time.monotonic()
