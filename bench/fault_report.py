@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 
+# What the findings seen in this suite's runs were, read from schemathesis's reproductions.
+KNOWN_FINDINGS = {
+    "ST202": "ST202 (schema-valid request rejected): 422s for limits a JSON Schema cannot state: a total budget "
+    "whose per-capita value is below the cheapest policy or above the λ = 0 policy of the loaded model, and "
+    "finite features so extreme that the model's float32 predictions overflow (answered 422 naming the individual).",
+    "ST205": "ST205 (Allow header mismatch): `OPTIONS /budget` gets Starlette's 405 whose `Allow` lists only the "
+    "first route of the path (POST), not GET as well.",
+}
+
+
 def write_report(path: Path, results: dict[str, Any], memory_limit_mb: int, argv: list[str]) -> None:
     command = " ".join(["python -m bench.faults", *argv])
     load1, load5, _ = os.getloadavg()
@@ -31,6 +41,9 @@ def write_report(path: Path, results: dict[str, Any], memory_limit_mb: int, argv
         )
     flagged = sorted({item for run in results["fuzz"] for item in run["flagged"]})
     lines += ["", "Other findings schemathesis reported (not 5xx): " + ("; ".join(flagged) or "none") + ".", ""]
+    known = [why for code, why in KNOWN_FINDINGS.items() if any(code in item for item in flagged)]
+    if known:
+        lines += ["What they are:", "", *(f"- {why}" for why in known), ""]
     lines += [
         "## Faults under paced load",
         "",
