@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-
 # What the findings seen in this suite's runs were, read from schemathesis's reproductions.
 KNOWN_FINDINGS = {
     "ST202": "ST202 (schema-valid request rejected): 422s for limits a JSON Schema cannot state: a total budget "
