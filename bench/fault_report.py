@@ -75,10 +75,10 @@ def write_report(path: Path, results: dict[str, Any], memory_limit_mb: int, argv
     ]
     race = results["concurrent_budgets"]
     lines += [
-        f"- {race['calls']} concurrent `POST /budget` from 8 clients over both replicas: "
-        f"{race['answered_200']} answered 200, versions 1…{race['calls']} each assigned once: "
-        f"{'yes' if race['distinct_versions'] else 'NO'}; answers describing another request's write: "
-        f"**{race['answers_about_another_write']}**.",
+        f"- {race['calls']} concurrent `POST /budget` from 8 clients over both replicas: statuses {race['statuses']}; "
+        f"versions of the confirmed writes all distinct: {'yes' if race['distinct_versions'] else 'NO'}; answers "
+        f"describing another request's write: **{race['answers_about_another_write']}**; writes applied without "
+        f"a 200: **{race['unconfirmed_applied']}**.",
         "",
         "## Abusive bodies and memory",
         "",
