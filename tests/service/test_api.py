@@ -181,9 +181,7 @@ def test_bad_budget_is_422(client: TestClient, payload: dict[str, object], field
     assert field in str(response.json()["detail"])
 
 
-def test_budget_below_the_cheapest_policy_is_422_in_per_capita_terms(
-    make_client: AppFactory, tmp_path: Path
-) -> None:
+def test_budget_below_the_cheapest_policy_is_422_in_per_capita_terms(make_client: AppFactory, tmp_path: Path) -> None:
     # Every arm costs at least 0.5 more: the cheapest policy spends 0.5 per capita on the reference population.
     write_artifact(tmp_path, cost_offset=0.5, default_budget_per_capita=1.0)
     client = make_client(tmp_path)
