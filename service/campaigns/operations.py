@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.campaigns.leader import Pacer
 from service.campaigns.ledger import BudgetBelowSpendError
 from service.campaigns.slices import CampaignBook
-from service.campaigns.spec import CampaignSpec, CampaignStatus, flight_status
+from service.campaigns.spec import MAX_AMOUNT, CampaignSpec, CampaignStatus, flight_status
 from service.decision import BudgetError
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable
@@ -47,8 +47,8 @@ class RealizedReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    realized_cost: float = Field(ge=0, allow_inf_nan=False, description="realized cost since the last report")
-    predicted_cost: float = Field(ge=0, allow_inf_nan=False, description="predicted cost of those decisions")
+    realized_cost: float = Field(ge=0, le=MAX_AMOUNT, description="realized cost since the last report")
+    predicted_cost: float = Field(ge=0, le=MAX_AMOUNT, description="predicted cost of those decisions")
 
 
 async def put_campaign(

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 PacingMode = Literal["even", "asap", "off"]
 MAX_PROFILE_POINTS = 1440  # one weight per minute of a day
+MAX_AMOUNT = 1e15  # budgets and reported costs: far beyond any campaign, far from float overflow in the sums
 
 
 class CampaignSpec(BaseModel):
@@ -39,8 +40,8 @@ class CampaignSpec(BaseModel):
     @field_validator("total_budget")
     @classmethod
     def _positive_budget(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a positive finite number, got {value}")
+        if not math.isfinite(value) or not 0 < value <= MAX_AMOUNT:
+            raise ValueError(f"must be a positive number up to {MAX_AMOUNT:g}, got {value}")
         return value
 
     @field_validator("expected_audience")
@@ -64,8 +65,8 @@ class CampaignSpec(BaseModel):
             return None
         if not 1 <= len(value) <= MAX_PROFILE_POINTS:
             raise ValueError(f"needs 1 to {MAX_PROFILE_POINTS} weights, got {len(value)}")
-        if not all(math.isfinite(w) and w >= 0 for w in value) or sum(value) <= 0:
-            raise ValueError("weights must be finite, >= 0 and not all zero")
+        if not all(math.isfinite(w) and w >= 0 for w in value) or not 0 < sum(value) < math.inf:
+            raise ValueError("weights must be finite, >= 0, not all zero, with a finite sum")
         return value
 
     @model_validator(mode="after")

@@ -64,6 +64,10 @@ def test_writes_need_the_admin_token_and_a_valid_spec(client: TestClient) -> Non
     assert bad.status_code == 422 and "end" in bad.json()["detail"]
     bad = client.put("/campaigns/c1", json=spec(-1.0), headers=ADMIN)
     assert bad.status_code == 422 and "total_budget" in bad.json()["detail"]
+    bad = client.put("/campaigns/c1", json=spec(1e300), headers=ADMIN)
+    assert bad.status_code == 422 and "total_budget" in bad.json()["detail"]
+    bad = client.put("/campaigns/c1", json=spec(10.0, traffic_profile=[1e308] * 10), headers=ADMIN)
+    assert bad.status_code == 422 and "traffic_profile" in bad.json()["detail"]
     bad = client.put("/campaigns/c1", json=spec(10.0, pacing="fast"), headers=ADMIN)
     assert bad.status_code == 422 and "pacing" in bad.json()["detail"]
     naive = {**spec(10.0), "start": "2026-01-01T00:00:00"}
@@ -132,6 +136,8 @@ def test_realized_reports_and_metrics(client: TestClient) -> None:
     assert client.post("/campaigns/r/realized", json=report, headers=ADMIN).status_code == 204
     bad = client.post("/campaigns/r/realized", json={"realized_cost": -1, "predicted_cost": 1}, headers=ADMIN)
     assert bad.status_code == 422 and "realized_cost" in bad.json()["detail"]
+    bad = client.post("/campaigns/r/realized", json={"realized_cost": 1, "predicted_cost": 1e300}, headers=ADMIN)
+    assert bad.status_code == 422 and "predicted_cost" in bad.json()["detail"]
     state = client.get("/campaigns/r").json()
     assert state["realized"] == 3.0 and state["covered"] == 2.0
     allocate(client, "r", 10, seed=6)
