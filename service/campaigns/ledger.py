@@ -32,6 +32,7 @@ class LedgerState:
     presumed: float
     realized: float
     covered: float
+    demand: float = 0.0  # predicted cost of the treatments chosen at the λ served, paid for or not (pacing)
 
     @property
     def remaining(self) -> float:
@@ -73,6 +74,7 @@ class Ledger(Protocol):
         lease_ms: int,
         share: float,
         release: bool,
+        demand_total: float = 0.0,
     ) -> Grant | None:
         """`seq` increases with every report of a replica; an older one than the last applied changes nothing.
         Count new spend (`spent_total` is cumulative: a retry counts once), renew the lease, resize the
@@ -109,13 +111,15 @@ class _Campaign:
     charged: dict[str, float] = field(default_factory=dict)  # replica → reclaimed slice, charged as spent
     reported: dict[str, float] = field(default_factory=dict)  # replica → cumulative spend reported
     seqs: dict[str, int] = field(default_factory=dict)  # replica → last report sequence number applied
+    reported_demand: dict[str, float] = field(default_factory=dict)  # replica → cumulative demand reported
+    demand: float = 0.0
     pace: dict[str, float] = field(default_factory=dict)
     leader: tuple[str, float] | None = None
 
     def state(self) -> LedgerState:
         return LedgerState(
             self.budget, min(self.cap, self.budget), self.committed, self.reserved, self.presumed, self.realized,
-            self.covered,
+            self.covered, self.demand,
         )  # fmt: skip
 
 
@@ -166,7 +170,7 @@ class InProcessLedger:
             return False
         self._campaigns[campaign] = _Campaign(
             spec_json, state.budget, state.budget, committed=state.committed, realized=state.realized,
-            covered=state.covered,
+            covered=state.covered, demand=state.demand,
         )  # fmt: skip
         return True
 
@@ -180,6 +184,7 @@ class InProcessLedger:
         lease_ms: int,
         share: float,
         release: bool,
+        demand_total: float = 0.0,
     ) -> Grant | None:
         kept = self._campaigns.get(campaign)
         if kept is None:
@@ -190,6 +195,9 @@ class InProcessLedger:
         seen = kept.reported.get(replica, 0.0)
         spent = max(spent_total - seen, 0.0)
         kept.reported[replica] = max(spent_total, seen)
+        seen_demand = kept.reported_demand.get(replica, 0.0)
+        kept.demand += max(demand_total - seen_demand, 0.0)
+        kept.reported_demand[replica] = max(demand_total, seen_demand)
         now = self._now_ms()
         for dead in [r for r, expiry in kept.leases.items() if expiry <= now]:
             held = kept.slices.pop(dead, 0.0)

@@ -6,7 +6,7 @@ population and drifts. So it estimates, every step, the λ that spends the *rest
 of the expected traffic, and moves towards it slowly:
 
     need = (cap − committed) / (1 − F(now))          predicted cost still to spend per unit of traffic share
-    seen = smoothed Δcommitted / ΔF                   what the current λ spends per unit of traffic share
+    seen = smoothed Δdemand / ΔF                      what the current λ asks for per unit of traffic share
     log λ ← log λ + gain · log(seen / need) / ε(λ)     clipped to ±max_step
 
 F is the flight's expected traffic share (the campaign's `traffic_profile`, uniform by default). ε(λ) is the
@@ -112,7 +112,9 @@ def pace(
     share = spec.flight_share(now)
     target_share = spec.target_share(now)
     target = cap * target_share if target_share is not None else float("nan")
-    spent = state.committed - state.presumed  # presumed: reclaimed slices, not spend at the current λ
+    # What the served λ asks for (chosen treatments, paid for or not): a stall in slices or a cap is supply,
+    # not a sign that λ is too high, so it must not pull λ down.
+    spent = state.demand
     d_spent = spent - memory.get("seen_spent", spent)
     d_share = share - memory.get("seen_share", share)
     rate_spent = RATE_MEMORY * memory.get("rate_spent", 0.0) + d_spent

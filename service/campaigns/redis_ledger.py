@@ -16,14 +16,14 @@ from redis.exceptions import RedisError, ResponseError
 from service.campaigns.ledger import BudgetBelowSpendError, Grant, LedgerState
 from service.errors import StoreUnavailableError
 
-LEDGER_FIELDS = ("budget", "cap", "committed", "reserved", "presumed", "realized", "covered")
+LEDGER_FIELDS = ("budget", "cap", "committed", "reserved", "presumed", "realized", "covered", "demand")
 
 _HELPERS = """
 local function num(f) return tonumber(redis.call('HGET', KEYS[1], f) or '0') end
 local function put(f, v) redis.call('HSET', KEYS[1], f, string.format('%.17g', v)) end
 local function state()
   local out = {}
-  for i, f in ipairs({'budget', 'cap', 'committed', 'reserved', 'presumed', 'realized', 'covered'}) do
+  for i, f in ipairs({'budget', 'cap', 'committed', 'reserved', 'presumed', 'realized', 'covered', 'demand'}) do
     out[i] = redis.call('HGET', KEYS[1], f) or '0'
   end
   return out
@@ -50,7 +50,7 @@ return state()
 )
 
 # KEYS: ledger, slices, leases, presumed. ARGV: replica, cumulative spent, want, lease ms, share, release (0/1),
-# report sequence number (increasing per replica).
+# report sequence number (increasing per replica), cumulative demand.
 # Returns {held, state...}, or {} when the campaign does not exist.
 _REPORT = (
     _HELPERS
@@ -83,6 +83,11 @@ local replica, total, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local seen = tonumber(redis.call('HGET', KEYS[2], replica .. '#spent') or '0')
 local spent = math.max(total - seen, 0)
 redis.call('HSET', KEYS[2], replica .. '#spent', string.format('%.17g', math.max(total, seen)))
+-- ARGV[8]: cumulative demand (cost of the treatments chosen, paid for or not), for the pacer.
+local seen_demand = tonumber(redis.call('HGET', KEYS[2], replica .. '#demand') or '0')
+local demand = tonumber(ARGV[8])
+put('demand', num('demand') + math.max(demand - seen_demand, 0))
+redis.call('HSET', KEYS[2], replica .. '#demand', string.format('%.17g', math.max(demand, seen_demand)))
 local held = tonumber(redis.call('HGET', KEYS[2], replica) or '-1')
 if held < 0 then
   held = 0
@@ -125,7 +130,7 @@ return out
 """
 )
 
-# KEYS: ledger, managed set. ARGV: spec JSON, budget, committed, realized, covered, campaign. 1 when written.
+# KEYS: ledger, managed set. ARGV: spec JSON, budget, committed, realized, covered, campaign, demand. 1 when written.
 _RESTORE = (
     _HELPERS
     + """
@@ -138,6 +143,7 @@ put('reserved', 0)
 put('presumed', 0)
 put('realized', tonumber(ARGV[4]))
 put('covered', tonumber(ARGV[5]))
+put('demand', tonumber(ARGV[7]))
 redis.call('SADD', KEYS[2], ARGV[6])
 return 1
 """
@@ -208,8 +214,10 @@ class RedisLedger:
     async def _call(self, coroutine: Any) -> Any:
         try:
             return await coroutine
-        except ResponseError:
-            raise
+        except ResponseError as error:
+            if str(error).startswith("BELOW"):  # the upsert's own refusal, handled by the caller
+                raise
+            raise StoreUnavailableError(f"Redis ledger refused a script: {error}") from error
         except (RedisError, OSError) as error:
             raise StoreUnavailableError(f"Redis ledger unavailable: {error}") from error
 
@@ -255,6 +263,7 @@ class RedisLedger:
         lease_ms: int,
         share: float,
         release: bool,
+        demand_total: float = 0.0,
     ) -> Grant | None:
         keys = [self._key(campaign), self._key(campaign, "slices"), self._key(campaign, "leases")]
         keys.append(self._key(campaign, "presumed"))
@@ -266,6 +275,7 @@ class RedisLedger:
             repr(share),
             "1" if release else "0",
             seq,
+            repr(demand_total),
         ]
         values = await self._call(self._report(keys=keys, args=args))
         if not values:

@@ -104,10 +104,18 @@ class CampaignBook:
     async def _report(self, campaign: str, wallet: SliceWallet, release: bool) -> None:
         budget = self.states[campaign].budget if campaign in self.states else wallet.spec.total_budget
         want = 0.0 if release else self.want(wallet, time.monotonic(), budget)
-        seq, spent_total, sent_at = wallet.begin_report(want)
+        seq, spent_total, demand_total, sent_at = wallet.begin_report(want)
         s = self.settings
         grant = await self.ledger.report(
-            campaign, self.replica, seq, spent_total, want, int(1e3 * s.lease_seconds), s.max_share, release
+            campaign,
+            self.replica,
+            seq,
+            spent_total,
+            want,
+            int(1e3 * s.lease_seconds),
+            s.max_share,
+            release,
+            demand_total=demand_total,
         )
         if grant is None and not release:
             await self.restore(campaign, wallet)

@@ -54,6 +54,8 @@ class SliceWallet:
         self._seq = 0  # reports sent
         self._deadline = 0.0  # monotonic time after which the slice may no longer be spent
         self._demand_total = 0.0  # cumulative predicted cost of the treatments chosen, paid for or not
+        self._acked_demand = 0.0
+        self._demand_baseline = 0.0
         self._demand_times: list[tuple[float, float]] = []  # (monotonic, demand_total) for the demand rate
         self.ledger_up = False
         self._unreserved = 0.0
@@ -70,13 +72,14 @@ class SliceWallet:
         with self._lock:
             return self._available if time.monotonic() < self._deadline else 0.0
 
-    def begin_report(self, want: float) -> tuple[int, float, float]:
-        """(sequence number, cumulative spend to report, send time); first lowers the authority to `want` (safe
-        if no answer comes)."""
+    def begin_report(self, want: float) -> tuple[int, float, float, float]:
+        """(sequence number, cumulative spend and demand to report, send time); first lowers the authority to
+        `want` (safe if no answer comes)."""
         with self._lock:
             self._available = min(self._available, want)
             self._seq += 1
-            return self._seq, self._spent_total - self._baseline, time.monotonic()
+            demand = self._demand_total - self._demand_baseline
+            return self._seq, self._spent_total - self._baseline, demand, time.monotonic()
 
     def finish_report(self, held: float, reported_total: float, sent_at: float, unreserved: float) -> None:
         """Redis answered: it holds `held` for us as of `reported_total`; the lease runs from `sent_at`;
@@ -84,6 +87,7 @@ class SliceWallet:
         with self._lock:
             self._unreserved = unreserved
             self._acked_total = reported_total + self._baseline
+            self._acked_demand = self._demand_total  # at least what was reported; only a restore reads it
             self._available = held - (self._spent_total - self._acked_total)
             self._deadline = sent_at + LEASE_MARGIN * self.lease_seconds
             self.ledger_up = True
@@ -93,6 +97,7 @@ class SliceWallet:
         what came after (spend not yet acknowledged is reported again: counted twice, never missed)."""
         with self._lock:
             self._baseline = self._acked_total
+            self._demand_baseline = self._acked_demand
             self._available = 0.0
             self._deadline = 0.0
 

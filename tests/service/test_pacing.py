@@ -43,16 +43,18 @@ def simulate(
     )
     lam = reference.solve_per_capita(budget / spec.expected_audience, False).lam
     memory: dict[str, float] = {"initial_lambda": lam}
-    committed = realized = covered = 0.0
+    committed = realized = covered = demand = 0.0
     cap = budget
     lams, spent = [], []
     for k in range(steps):
         scale = float(np.interp(k / steps, np.linspace(0, 1, len(demand_scale)), demand_scale))
-        step_spend = min(scale * spend_per_capita(reference, lam) * per_step, max(cap - committed, 0.0))
+        step_demand = scale * spend_per_capita(reference, lam) * per_step  # what λ asks for
+        step_spend = min(step_demand, max(cap - committed, 0.0))  # what the cap lets through
         realized += ratio * (committed - covered)  # last step's decisions are reported now
         covered = committed
         committed += step_spend
-        state = LedgerState(budget, cap, committed, 0.0, 0.0, realized, covered)
+        demand += step_demand
+        state = LedgerState(budget, cap, committed, 0.0, 0.0, realized, covered, demand)
         step = pace(spec, state, start.timestamp() + k + 1, lam, reference, memory)
         lam, memory, cap = step.lam, step.memory, step.cap
         lams.append(lam)
