@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
     refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
     redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")
+    decision_log_capacity: int = Field(
+        default=200_000, gt=0, description="decisions buffered in memory for the log; beyond it they are dropped"
+    )
+    decision_stream_maxlen: int = Field(
+        default=5_000_000, gt=0, description="approximate length cap of each campaign's decision stream"
+    )
+    decision_ship_rows: int = Field(default=5_000, gt=0, description="decisions per pipelined write to Redis")
 
     @field_validator("log_level")
     @classmethod

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError
-from service.routes import allocate, budget, system
+from service.routes import allocate, budget, exploration, system
 from service.runtime import start_runtime, stop_runtime
 
 log = logging.getLogger("service.requests")
@@ -135,5 +135,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.include_router(allocate.router)
     app.include_router(budget.router)
+    app.include_router(exploration.router)
     app.include_router(system.router)
     return app

@@ -35,6 +35,7 @@ class Allocation(BaseModel):
     treatment_name: str
     expected_revenue: float
     expected_cost: float
+    decision_id: str = Field(description="id of this decision in the decision log: report outcomes against it")
 
 
 class AllocateResponse(BaseModel):
@@ -95,6 +96,18 @@ class LambdaOut(BaseModel):
 class BudgetOut(LambdaOut):
     solve_ms: float = Field(description="server time to solve λ* on the reference population")
     population_size: int = Field(description="rows of the reference population")
+
+
+class ExplorationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="share of decisions explored, 0..1")
+
+
+class ExplorationOut(BaseModel):
+    campaign: str
+    epsilon: float
+    updated_at: str | None = Field(description="when it was set (PUT only)")
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

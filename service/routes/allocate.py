@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from service.allocation import allocate
-from service.deps import ArtifactDep, EncoderDep, MetricsDep, SettingsDep, TableDep
+from service.deps import ArtifactDep, DecisionsDep, EncoderDep, MetricsDep, SettingsDep, TableDep
 from service.errors import RequestError
 from service.payload import decode_allocate
 from service.schemas import AllocateRequest, AllocateResponse, inline_schema
@@ -46,6 +46,7 @@ async def allocate_individuals(
     encoder: EncoderDep,
     table: TableDep,
     metrics: MetricsDep,
+    decisions: DecisionsDep,
 ) -> Response:
     """Assign each individual the treatment maximising predicted revenue − λ*·cost."""
     body = await read_body(request, settings.max_body_bytes)
@@ -53,7 +54,8 @@ async def allocate_individuals(
     if not table.synced:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "λ* unknown: the store has not answered since startup")
     served = table.current(batch.campaign)
-    content, treatment = allocate(batch, artifact, served)
+    epsilon = decisions.epsilon.get(batch.campaign)
+    content, treatment = allocate(batch, artifact, served, epsilon=epsilon, decisions=decisions)
     metrics.batch_size.observe(len(treatment))
     metrics.count_allocations(treatment)
     if batch.unseen_categories:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import ArtifactDep, MetricsDep, StoreDep, TableDep
+from service.deps import ArtifactDep, DecisionsDep, MetricsDep, StoreDep, TableDep
 
 router = APIRouter(tags=["system"])
 
@@ -27,8 +27,11 @@ async def read_health() -> dict[str, str]:
 
 
 @router.get("/readyz", response_class=JSONResponse, responses={503: {"description": "λ* not known yet"}})
-async def read_readiness(artifact: ArtifactDep, table: TableDep, store: StoreDep) -> JSONResponse:
-    """Ready when the model is loaded and λ* is known; says where each campaign's λ* comes from."""
+async def read_readiness(
+    artifact: ArtifactDep, table: TableDep, store: StoreDep, decisions: DecisionsDep
+) -> JSONResponse:
+    """Ready when the model is loaded and λ* is known; says where each campaign's λ* comes from, and how the
+    decision log is doing (a log that cannot ship does not make the replica unready: it counts its drops)."""
     campaigns = {"default": table.default, **table.campaigns()}
     body = {
         "ready": table.synced,
@@ -39,12 +42,15 @@ async def read_readiness(artifact: ArtifactDep, table: TableDep, store: StoreDep
         "seconds_since_sync": None if table.synced_at is None else round(time.monotonic() - table.synced_at, 3),
         "serving_last_known_lambda": table.synced and not table.store_up,
         "lambda": {c: {"lambda": s.lam, "version": s.version, "source": s.source} for c, s in campaigns.items()},
+        "decision_log": decisions.describe(),
     }
     code = status.HTTP_200_OK if table.synced else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(body, status_code=code)
 
 
 @router.get("/metrics", response_class=Response)
-async def read_metrics(metrics: MetricsDep, table: TableDep) -> Response:
-    """Prometheus metrics: latency, allocations per treatment, λ* and version per campaign, store status."""
+async def read_metrics(metrics: MetricsDep, table: TableDep, decisions: DecisionsDep) -> Response:
+    """Prometheus metrics: latency, allocations per treatment, λ* and version per campaign, store status,
+    decision log (shipped, dropped, buffered)."""
+    metrics.observe_decision_log(decisions.describe())
     return Response(metrics.render(table, time.monotonic()), media_type=CONTENT_TYPE_LATEST)
