@@ -175,9 +175,12 @@ def test_shadow_prefers_the_true_model_over_noise() -> None:
     assert logs.true_revenue is not None and logs.true_cost is not None
     truth = (logs.true_revenue.astype(np.float64), logs.true_cost.astype(np.float64))
     rng = np.random.default_rng(0)
-    noise = (rng.uniform(size=truth[0].shape), truth[1])
-    better = shadow_evaluate(truth, noise, logs, n_boot=200)
-    assert better.promote and better.gain_interval[0] > 0
-    worse = shadow_evaluate(noise, truth, logs, n_boot=200)
-    assert not worse.promote and worse.gain_interval[1] < 0
-    assert worse.candidate_interval[0] <= worse.candidate_area <= worse.candidate_interval[1]
+    noise = (rng.uniform(size=truth[0].shape), truth[1])  # revenue predictions that carry no information
+    for estimator in ("ipw", "dr"):
+        better = shadow_evaluate(truth, noise, logs, n_boot=100, estimator=estimator)
+        worse = shadow_evaluate(noise, truth, logs, n_boot=100, estimator=estimator)
+        assert better.gain > 0 and worse.gain < 0, estimator
+        assert not worse.promote, estimator
+        assert worse.candidate_interval[0] <= worse.candidate_area <= worse.candidate_interval[1]
+        assert worse.gain_interval[0] <= worse.gain <= worse.gain_interval[1]
+    assert better.estimator == "dr" and shadow_evaluate(truth, noise, logs, n_boot=100).promote  # IPW

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice", required=True, type=Path, help="exploration slice (rct_shadow.parquet)")
     p.add_argument("--config", type=Path, help="dataset config (default: the one saved in the checkpoint)")
     p.add_argument("--budgets", type=_floats, help="per-capita budgets (default: 10-level grid of the slice)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--bootstrap", type=int, default=400, help="paired bootstrap resamples")
+    p.add_argument("--estimator", choices=["ipw", "dr"], default="ipw", help="IPW/EOM (default) or doubly robust")
     p.add_argument("--margin", type=float, default=0.01, help="largest tolerated loss, share of the live area")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
 

@@ -225,13 +225,15 @@ def run_shadow(args: argparse.Namespace) -> None:
     if live_logs.n_rows != slice_logs.n_rows:
         raise ValueError(f"{args.live} reads {args.slice} differently from {args.candidate} (row count differs)")
     budgets = np.asarray(args.budgets, dtype=float) if args.budgets else None
-    result = shadow.shadow_evaluate(candidate, live, slice_logs, budgets, n_boot=args.bootstrap, margin=args.margin)
+    result = shadow.shadow_evaluate(
+        candidate, live, slice_logs, budgets, n_boot=args.bootstrap, margin=args.margin, estimator=args.estimator
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     low, high = result.gain_interval
     say(
-        f"slice {result.rows} rows: candidate {result.candidate_area:.5g}, live {result.live_area:.5g}, "
+        f"slice {result.rows} rows ({result.estimator}): candidate {result.candidate_area:.5g}, live {result.live_area:.5g}, "
         f"gain {result.gain:+.5g} [{low:+.5g}, {high:+.5g}] ({result.gain_percent:+.2f}%)"
     )
     say(("PROMOTE: " if result.promote else "KEEP LIVE: ") + result.reason)

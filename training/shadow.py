@@ -1,9 +1,13 @@
 """Shadow evaluation: a candidate model against the live one on the latest exploration slice (DESIGN.md §10).
 
 The slice (`rct_shadow.parquet` from `python -m training logs`) holds exploration rows only: arms drawn
-uniformly whatever the features, so it is an RCT, and EOM (IPW) estimates each model's cost-curve area on it
-without bias. Both models are scored on the same rows and the same paired bootstrap resamples, so the
-interval of their difference is much narrower than either interval alone.
+uniformly whatever the features, so it is an RCT, and each model's cost-curve area on it is estimated without
+bias: by default with EOM (IPW, `training.evaluate`), or doubly robust (`--estimator dr`,
+`training.evaluate.doubly_robust_area`) with the live model's predictions as the outcome model, valid because
+the live model never saw the slice (it was trained before that day was served). DR only lowers the variance
+when the live model predicts well; with a poor one it can raise it (measured on the synthetic world), so IPW
+is the default. Both models are scored on the same rows and the same bootstrap resamples, so the interval of
+their difference is paired: rows on which the two policies agree cancel out.
 
 Promotion rule (`decide`): promote when the candidate's paired gain over the live model is positive and its
 95% interval rules out a loss larger than `margin` (a share of the live area, default 1%). A noisy slice then
@@ -23,7 +27,7 @@ from numpy.typing import NDArray
 from training.config import DatasetConfig
 from training.data import CategoricalEncoding, load_logs
 from training.dataset import Logs
-from training.evaluate import bootstrap_areas, budget_grid, curve_area, eom_curve
+from training.evaluate import bootstrap_areas, budget_grid, curve_area, doubly_robust_area, eom_curve
 
 Scorer = tuple[NDArray[np.float64], NDArray[np.float64]]
 
@@ -31,8 +35,9 @@ Scorer = tuple[NDArray[np.float64], NDArray[np.float64]]
 @dataclass(frozen=True)
 class ShadowResult:
     rows: int  # rows of the slice
+    estimator: str  # "dr" or "ipw"
     budgets: list[float]
-    candidate_area: float  # IPW cost-curve area (mean per-capita revenue over the budget grid)
+    candidate_area: float  # estimated cost-curve area (mean per-capita revenue over the budget grid)
     candidate_interval: tuple[float, float]  # 95% bootstrap interval
     live_area: float
     live_interval: tuple[float, float]
@@ -74,6 +79,25 @@ def predictions(model_path: Path, slice_path: Path, config: DatasetConfig | None
     return predict(model, logs.features), logs
 
 
+def _dr_bootstrap(
+    models: dict[str, Scorer], baseline: Scorer, logs: Logs, grid: NDArray[np.float64], n_boot: int, seed: int
+) -> dict[str, NDArray[np.float64]]:
+    """(n_boot,) DR areas per model on the same row resamples (a resample missing an arm is drawn again)."""
+    rng = np.random.default_rng(seed)
+    samples = {name: np.empty(n_boot) for name in models}
+    b = 0
+    while b < n_boot:
+        rows = rng.integers(0, logs.n_rows, logs.n_rows)
+        resample = logs.subset(rows)
+        if (resample.arm_counts() == 0).any():
+            continue
+        base = (baseline[0][rows], baseline[1][rows])
+        for name, (revenue, cost) in models.items():
+            samples[name][b] = doubly_robust_area(revenue[rows], cost[rows], resample, grid, baseline=base)
+        b += 1
+    return samples
+
+
 def _interval(values: NDArray[np.float64]) -> tuple[float, float]:
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
@@ -94,25 +118,33 @@ def shadow_evaluate(
     live: Scorer,
     slice_logs: Logs,
     budgets: NDArray[np.float64] | None = None,
-    n_boot: int = 1000,
+    n_boot: int = 400,
     margin: float = 0.01,
     seed: int = 0,
+    estimator: str = "ipw",
 ) -> ShadowResult:
-    """Paired IPW comparison of two models' predictions on the slice, and the promotion decision."""
+    """Paired comparison of two models' predictions on the slice, and the promotion decision."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
+    if estimator not in ("dr", "ipw"):
+        raise ValueError(f"estimator must be 'dr' or 'ipw', got {estimator!r}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     grid = budget_grid(slice_logs) if budgets is None else np.asarray(budgets, dtype=np.float64)
-    areas = {
-        name: curve_area(eom_curve(revenue, cost, slice_logs, grid), "ipw")
-        for name, (revenue, cost) in (("candidate", candidate), ("live", live))
-    }
-    samples = bootstrap_areas({"candidate": candidate, "live": live}, slice_logs, grid, n_boot=n_boot, seed=seed)
+    models = {"candidate": candidate, "live": live}
+    if estimator == "ipw":
+        areas = {name: curve_area(eom_curve(r, c, slice_logs, grid), "ipw") for name, (r, c) in models.items()}
+        samples = bootstrap_areas(models, slice_logs, grid, n_boot=n_boot, seed=seed)
+    else:
+        areas = {name: doubly_robust_area(r, c, slice_logs, grid, baseline=live) for name, (r, c) in models.items()}
+        samples = _dr_bootstrap(models, live, slice_logs, grid, n_boot, seed)
     gain_samples = samples["candidate"] - samples["live"]
     gain = areas["candidate"] - areas["live"]
     gain_interval = _interval(gain_samples)
     promote, reason = decide(gain, gain_interval[0], areas["live"], margin)
     return ShadowResult(
         rows=slice_logs.n_rows,
+        estimator=estimator,
         budgets=[float(b) for b in grid],
         candidate_area=areas["candidate"],
         candidate_interval=_interval(samples["candidate"]),
