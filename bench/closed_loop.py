@@ -271,6 +271,13 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def logged_count(decisions: Path) -> int:
+    """Decisions the sink has written so far (distinct ids), 0 before its first file."""
+    if not any(decisions.rglob("*.parquet")):
+        return 0
+    return len(read_decisions(decisions)[0])
+
+
 def combine(parts: list[Path], config: DatasetConfig, out: Path) -> Path:
     """One table of the config's columns from several (round-0 tables carry oracle columns; logged ones do not)."""
     columns = [*config.features, *config.categorical, config.treatment, config.revenue, config.cost]
@@ -321,7 +328,7 @@ def run_learner(
             day_outcomes, served = serve_day(world, day, artifact, redis_url, prefix, budget, epsilon, seed=100 + day)
             outcomes.append(day_outcomes)
             total = sum(len(o) for o in outcomes)
-            wait_until(lambda total=total: len(read_decisions(decisions)[0]) == total, 120, "sink wrote the day")
+            wait_until(lambda total=total: logged_count(decisions) == total, 120, "sink wrote the day")
             write_table(pd.concat(outcomes, ignore_index=True), outcomes_path)
             tables = work / f"round{day}" / "tables"
             holdout_hours = (time.time() - started) / 3600.0  # exactly this round's day is the latest slice
@@ -465,12 +472,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--learners", default="bidfcl-ppl,tsm", help="comma-separated training methods")
     parser.add_argument("--days", type=int, default=3)
-    parser.add_argument("--day-size", type=int, default=25_000)
+    parser.add_argument("--day-size", type=int, default=20_000)
     parser.add_argument("--rct0", type=int, default=1_000)
     parser.add_argument("--val0", type=int, default=1_000)
     parser.add_argument("--obs0", type=int, default=20_000)
     parser.add_argument("--test", type=int, default=50_000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/closed-loop"))
@@ -482,8 +489,9 @@ def main() -> None:
     world = World(SyntheticSpec(seed=args.seed), sizes, args.seed)
     if args.work.exists():
         shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
     results = []
-    with redis_server(args.work.parent) as redis_url:
+    with redis_server(args.work) as redis_url:
         for learner in [name.strip() for name in args.learners.split(",") if name.strip()]:
             results.append(run_learner(learner, world, args.work / learner, redis_url, args.days, args.epsilon, sizes))
     elapsed = time.perf_counter() - started
