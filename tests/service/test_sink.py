@@ -86,3 +86,13 @@ def test_sink_killed_mid_batch_and_restarted_loses_nothing(
     assert {p[0] for p in parts} == {"campaign=spring", "campaign=autumn"} and all(
         p[1].startswith("hour=") for p in parts
     )
+
+
+def test_heartbeat_probe(tmp_path: Path) -> None:
+    beat = tmp_path / "beat"
+    probe = [sys.executable, "-m", "service.sink", "--check-heartbeat", str(beat)]
+    assert subprocess.run(probe, cwd=ROOT, check=False).returncode == 1  # never touched
+    beat.touch()
+    assert subprocess.run(probe, cwd=ROOT, check=False).returncode == 0
+    os.utime(beat, (time.time() - 120, time.time() - 120))
+    assert subprocess.run(probe, cwd=ROOT, check=False).returncode == 1  # stale: the sink is stuck
