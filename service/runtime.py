@@ -15,7 +15,7 @@ from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
 from service.state import LambdaStore, open_store
-from service.sync import keep_in_sync, resync
+from service.sync import resync, supervise_sync
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ async def start_runtime(settings: Settings) -> Runtime:
     artifact = load_artifact(settings.model_dir, threads=settings.threads)
     manifest = artifact.manifest
     solver = BudgetSolver(artifact)
-    table = LambdaTable(solver, manifest.default_lambda, manifest.default_budget_per_capita)
+    table = LambdaTable(
+        solver, manifest.default_lambda, manifest.default_budget_per_capita, settings.serve_unknown_campaigns
+    )
     store = open_store(settings.redis_url, settings.redis_prefix, settings.redis_timeout_seconds)
     metrics = Metrics(manifest.treatment_names, artifact.model_version, manifest.method, store.backend)
     task: asyncio.Task[None] | None = None
@@ -55,7 +57,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         except StoreUnavailableError as error:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
-        task = asyncio.create_task(keep_in_sync(store, table, settings.refresh_seconds), name="lambda-sync")
+        task = asyncio.create_task(supervise_sync(store, table, settings.refresh_seconds), name="lambda-sync")
     decisions = DecisionLog(
         settings.redis_url,
         settings.redis_prefix,

@@ -61,6 +61,9 @@ def test_array_form_and_raw_categories_allocate_the_same(client: TestClient, mod
             ]
         },
     ).json()
+    # Every decision gets its own id; everything else must agree.
+    for out in (named, arrays, raw):
+        assert len({a.pop("decision_id") for a in out["allocations"]}) == len(x)
     assert named["allocations"] == arrays["allocations"] == raw["allocations"]
 
 
@@ -155,9 +158,12 @@ def test_budget_solves_lambda_exactly_and_serves_it(client: TestClient, model_di
     assert client.get("/budget", params={"campaign": "spring"}).json()["version"] == 2
     body = client.post("/allocate", json={"campaign": "spring", "individuals": [{"id": 1, "features": [0, 0, 1, 0]}]})
     assert body.json()["lambda"] == expected.lam and body.json()["lambda_version"] == 2
-    # Another campaign still uses the manifest default.
-    other = client.get("/budget", params={"campaign": "autumn"}).json()
-    assert other["version"] == 0 and other["source"] == "manifest default"
+    # The default campaign still uses the manifest default; a campaign with no budget is not served at all.
+    default = client.get("/budget").json()
+    assert default["version"] == 0 and default["source"] == "manifest default"
+    other = client.get("/budget", params={"campaign": "autumn"})
+    assert other.status_code == 404
+    assert other.json()["detail"].startswith("campaign: no budget set for campaign 'autumn'")
 
 
 @pytest.mark.parametrize(
