@@ -39,6 +39,7 @@ def allocate(
     """
     now = time.time() if now is None else now
     revenue, cost = artifact.predict(batch.features)  # (N, K) each
+    _check_predictions(revenue, cost)
     policy = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
     explored = exploration_override(batch, policy, artifact.manifest.n_treatments, epsilon, now)
     treatment = explored.treatment
@@ -72,6 +73,18 @@ def allocate(
     return body, treatment
 
 
+def _check_predictions(revenue: NDArray[np.float32], cost: NDArray[np.float32]) -> None:
+    """422 for the first individual whose predictions are not finite: its (finite) features are so far outside
+    what the model was trained on that its float32 arithmetic overflows. Never a 500 for what a client sent."""
+    finite = np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)  # (N,)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise RequestError(
+            f"individuals[{row}].features",
+            "values so far outside the model's training range that its predictions overflow",
+        )
+
+
 @dataclass(frozen=True)
 class Allocated:
     """What one /allocate call decided: the response body and what the route records about it."""
@@ -86,10 +99,19 @@ class Allocated:
 def allocate_body(body: bytes, runtime: Runtime) -> Allocated:
     """Decode, score and answer one /allocate body; pure CPU work, safe to run in a worker thread."""
     artifact = runtime.artifact
-    batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
-    served = runtime.table.serving(batch.campaign)
-    epsilon = runtime.decisions.epsilon.get(batch.campaign)
-    content, treatment = allocate(batch, artifact, served, epsilon=epsilon, decisions=runtime.decisions)
+    refusal: tuple[str, str, int] | None = None
+    try:
+        batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
+        served = runtime.table.serving(batch.campaign)
+        epsilon = runtime.decisions.epsilon.get(batch.campaign)
+        content, treatment = allocate(batch, artifact, served, epsilon=epsilon, decisions=runtime.decisions)
+    except RequestError as error:
+        # Raised again outside this block: the original's traceback holds the frames with the decoded body
+        # (up to ~25× its size), which would stay alive while the error travels to the event loop and the
+        # next batch is decoded.
+        refusal = (error.field, error.message, error.status)
+    if refusal is not None:
+        raise RequestError(*refusal)
     return Allocated(batch.campaign, content, treatment, served, batch.unseen_categories)
 
 

@@ -59,6 +59,12 @@ class BudgetSolver:
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
         if not math.isfinite(budget_per_capita):
             raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
+        floor = self.min_spend_per_capita
+        if budget_per_capita < floor - 1e-12 * (abs(floor) + 1.0):
+            raise BudgetError(
+                f"budget {budget_per_capita:.6g} per capita is below what the cheapest policy spends, "
+                f"{floor:.6g} per capita (every individual on their cheapest treatment); no allocation fits"
+            )
         ceiling = self.max_spend_per_capita
         if budget_per_capita > ceiling * (1 + 1e-9) + 1e-12:
             raise BudgetError(
@@ -169,7 +175,8 @@ class LambdaTable:
             return Served(record.lam, record.version, "store", record)
         # Solved on another model's predictions: re-solve the same budget with this model before serving it.
         try:
-            lam = self.solver.solve(record.budget_per_capita).lam
+            # More than this model can spend buys its revenue-maximising policy (the old one may spend more).
+            lam = self.solver.solve(min(record.budget_per_capita, self.solver.max_spend_per_capita)).lam
             source = f"store, re-solved for model {self.solver.model_version}"
         except BudgetError:
             lam = self.solver.cheapest_lambda()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from service.artifact import Artifact, load_artifact
@@ -30,6 +31,10 @@ class Runtime:
     store: LambdaStore
     metrics: Metrics
     sync_task: asyncio.Task[None] | None
+    # The threads that decode and score large /allocate bodies, as many as may run at once: bounds their
+    # memory (a decoded 10k-row body is tens of MB of Python objects, and each thread that ever held one keeps
+    # its malloc arena) and leaves the event loop its share of the GIL.
+    batch_threads: ThreadPoolExecutor
     decisions: DecisionLog
 
 
@@ -74,7 +79,10 @@ async def start_runtime(settings: Settings) -> Runtime:
     except StoreUnavailableError as error:
         log.warning("starting without exploration settings (ε = 0 until Redis answers): %s", error)
     decisions.start()
-    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, decisions)
+    threads = ThreadPoolExecutor(settings.max_concurrent_batches, thread_name_prefix="allocate")
+    return Runtime(
+        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads, decisions
+    )
 
 
 STOP_ATTEMPTS = 10  # × STOP_WAIT_SECONDS: the longest a shutdown waits for the sync task
@@ -83,6 +91,7 @@ STOP_WAIT_SECONDS = 0.5
 
 async def stop_runtime(runtime: Runtime) -> None:
     await runtime.decisions.stop()
+    runtime.batch_threads.shutdown(wait=False, cancel_futures=True)
     if runtime.sync_task is not None:
         await _stop_task(runtime.sync_task)
     await runtime.store.close()

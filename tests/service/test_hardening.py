@@ -255,6 +255,17 @@ def test_what_the_published_schema_allows_is_accepted(client: TestClient) -> Non
     assert array["minItems"] == array["maxItems"] == 4  # the toy model's D: `features: []` is not allowed
 
 
+def test_features_that_overflow_the_model_are_422_not_500(make_client: AppFactory) -> None:
+    # Found by schemathesis on the shipped model: a finite float32 feature makes its predictions overflow.
+    client = make_client(Path(__file__).resolve().parents[2] / "models" / "default")
+    names = client.get("/model").json()["features"]
+    typical = dict.fromkeys(names, 0.0)
+    huge = {"individuals": [{"id": 1, "features": typical}, {"id": 2, "features": {**typical, "is_member": 3.4e38}}]}
+    response = client.post("/allocate", json=huge)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("individuals[1].features: values so far outside")
+
+
 def test_every_error_response_is_declared_with_the_one_error_schema(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert "HTTPValidationError" not in schema["components"]["schemas"]
@@ -271,3 +282,25 @@ def test_admin_token_comparison_still_accepts_the_right_token(client: TestClient
         "/budget", json={"budget_per_capita": 0.5}, headers={"Authorization": f"bearer {ADMIN_TOKEN}"}
     )
     assert response.status_code == 200
+
+
+def test_large_bodies_are_scored_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10k-row batch must not stall /healthz and /readyz: its CPU work runs in the batch thread."""
+    import threading
+
+    from service.routes import allocate as route
+
+    threads: list[str] = []
+    original = route.allocate_body
+
+    def recording(body: bytes, runtime: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(body, runtime)
+
+    monkeypatch.setattr(route, "allocate_body", recording)
+    small = client.post("/allocate", json=ONE)
+    big = client.post(
+        "/allocate", json={"individuals": [{"id": i, "features": [0.3, -0.2, 1, 0]} for i in range(5000)]}
+    )
+    assert small.status_code == big.status_code == 200
+    assert not threads[0].startswith("allocate") and threads[1].startswith("allocate")
