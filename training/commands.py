@@ -233,8 +233,8 @@ def run_shadow(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     low, high = result.gain_interval
     say(
-        f"slice {result.rows} rows ({result.estimator}): candidate {result.candidate_area:.5g}, live {result.live_area:.5g}, "
-        f"gain {result.gain:+.5g} [{low:+.5g}, {high:+.5g}] ({result.gain_percent:+.2f}%)"
+        f"slice {result.rows} rows ({result.estimator}): candidate {result.candidate_area:.5g}, "
+        f"live {result.live_area:.5g}, gain {result.gain:+.5g} [{low:+.5g}, {high:+.5g}] ({result.gain_percent:+.2f}%)"
     )
     say(("PROMOTE: " if result.promote else "KEEP LIVE: ") + result.reason)
 
