@@ -21,6 +21,15 @@ def _individuals(start: int, n: int, seed: int) -> list[dict[str, object]]:
     return [{"id": f"user-{start + i}", "features": [a, b, i % 2, 1 - i % 2]} for i, (a, b) in enumerate(x)]
 
 
+def give_budget(client: object, campaign: str) -> None:
+    """A campaign needs a λ* record before /allocate serves it (404 otherwise)."""
+    from fastapi.testclient import TestClient
+
+    assert isinstance(client, TestClient)
+    response = client.post("/budget", json={"campaign": campaign, "budget_per_capita": 0.8}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+
+
 def _stream(redis_url: str, prefix: str, campaign: str) -> dict[str, dict[bytes, bytes]]:
     client = redis.Redis.from_url(redis_url)
     return {fields[b"id"].decode(): fields for _, fields in client.xrange(f"{prefix}:decisions:{campaign}")}
@@ -54,6 +63,7 @@ def test_ten_thousand_decisions_are_logged_with_their_propensities(
 ) -> None:
     epsilon, n, batch = 0.1, 10_000, 1_000
     client = make_client(model_dir, redis_url=redis_url, redis_prefix=prefix)
+    give_budget(client, "spring")
     put = client.put("/campaigns/spring/exploration", json={"epsilon": epsilon}, headers=ADMIN)
     assert put.status_code == 200 and put.json()["epsilon"] == epsilon
     given: dict[str, tuple[str, int]] = {}

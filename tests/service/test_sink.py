@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from .conftest import AppFactory, wait_for
-from .test_decisions import _individuals
+from .test_decisions import _individuals, give_budget
 
 pytest.importorskip("pyarrow")
 from training.logs import read_decisions
@@ -35,6 +35,8 @@ def _sink(redis_url: str, prefix: str, out: Path, batch: int) -> subprocess.Pope
 
 def _log_decisions(make_client: AppFactory, model_dir: Path, redis_url: str, prefix: str, n: int) -> set[str]:
     client = make_client(model_dir, redis_url=redis_url, redis_prefix=prefix)
+    for campaign in ("spring", "autumn"):
+        give_budget(client, campaign)
     ids: set[str] = set()
     for start in range(0, n, 1_000):
         for campaign in ("spring", "autumn"):
