@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from service.artifact import load_artifact
+from service.lambdas import BudgetSolver
 from training.config import DatasetConfig
 from training.data import CategoricalEncoding, logs_from_frame, write_table
 from training.evaluate import bootstrap_areas, budget_grid, curve_area, eom_curve
@@ -236,7 +238,15 @@ def serve_day(
                 raise RuntimeError("the service did not become ready")
             time.sleep(0.2)
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        http.post("/budget", json={"campaign": CAMPAIGN, "budget_per_capita": budget}, headers=admin).raise_for_status()
+        # The service refuses a budget above what its model would spend with λ* = 0: serve that policy then.
+        solver = BudgetSolver(load_artifact(artifact))
+        most = solver.sweep.max_spend / solver.sweep.n_rows
+        if budget > most:
+            log(f"budget {budget:.4g} is above the model's λ* = 0 spend {most:.4g} per capita; setting {most:.4g}")
+            budget = most
+        answer = http.post("/budget", json={"campaign": CAMPAIGN, "budget_per_capita": budget}, headers=admin)
+        if answer.status_code != 200:
+            raise RuntimeError(f"POST /budget {budget:.4g}: {answer.status_code} {answer.text}")
         put = http.put(f"/campaigns/{CAMPAIGN}/exploration", json={"epsilon": epsilon}, headers=admin)
         put.raise_for_status()
         for start in range(0, len(records), 1_000):
