@@ -184,3 +184,55 @@ def test_shadow_prefers_the_true_model_over_noise() -> None:
         assert worse.candidate_interval[0] <= worse.candidate_area <= worse.candidate_interval[1]
         assert worse.gain_interval[0] <= worse.gain <= worse.gain_interval[1]
     assert better.estimator == "dr" and shadow_evaluate(truth, noise, logs, n_boot=100).promote  # IPW
+
+
+def test_shadow_cli_compares_served_artifacts(tmp_path: Path) -> None:
+    """`python -m training shadow` on two ONNX artifacts (the live model as it serves) and an exploration slice."""
+    from tests.service.artifacts import TREATMENTS, write_artifact
+
+    write_artifact(tmp_path / "live", seed=0)
+    write_artifact(tmp_path / "candidate", seed=1)
+    rng = np.random.default_rng(0)
+    n = 3_000
+    arm = rng.integers(0, 3, n)
+    frame = pd.DataFrame(
+        {
+            "recency": rng.normal(size=n),
+            "history": rng.normal(size=n),
+            "region": rng.choice(["north", "south"], n),
+            "arm": np.asarray(TREATMENTS, dtype=object)[arm],
+            "revenue": rng.gamma(2.0, 1.0 + 0.5 * arm),
+            "cost": 0.5 * arm * rng.random(n),
+        }
+    )
+    write_table(frame, tmp_path / "slice.parquet")
+    config = DatasetConfig(
+        features=("recency", "history"),
+        categorical=("region",),
+        treatment="arm",
+        treatments=tuple(TREATMENTS),
+        revenue="revenue",
+        cost="cost",
+    )
+    config.dump(tmp_path / "config.toml")
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "shadow",
+        *("--candidate", str(tmp_path / "candidate"), "--live", str(tmp_path / "live")),
+        *("--slice", str(tmp_path / "slice.parquet"), "--config", str(tmp_path / "config.toml")),
+        *("--bootstrap", "50", "--out", str(tmp_path / "shadow.json")),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result = __import__("json").loads((tmp_path / "shadow.json").read_text())
+    assert result["rows"] == n and result["estimator"] == "ipw"
+    low, high = result["gain_interval"]
+    assert low <= result["gain"] <= high
+    assert ("PROMOTE" if result["promote"] else "KEEP LIVE") in done.stdout
+    assert command[6] == "--live"
+    missing = subprocess.run(
+        [*command[:7], str(tmp_path / "nowhere"), *command[8:]], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 2 and "nowhere" in missing.stderr, missing.stderr
