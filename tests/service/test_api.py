@@ -61,6 +61,9 @@ def test_array_form_and_raw_categories_allocate_the_same(client: TestClient, mod
             ]
         },
     ).json()
+    # Every decision gets its own id; everything else must agree.
+    for out in (named, arrays, raw):
+        assert len({a.pop("decision_id") for a in out["allocations"]}) == len(x)
     assert named["allocations"] == arrays["allocations"] == raw["allocations"]
 
 
