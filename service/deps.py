@@ -12,6 +12,7 @@ from service.artifact import Artifact
 from service.campaigns.leader import Pacer
 from service.campaigns.slices import CampaignBook
 from service.config import Settings
+from service.decisions.shipper import DecisionLog
 from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
@@ -67,6 +68,10 @@ async def get_pacer(runtime: RuntimeDep) -> Pacer:
     return runtime.pacer
 
 
+async def get_decisions(runtime: RuntimeDep) -> DecisionLog:
+    return runtime.decisions
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ArtifactDep = Annotated[Artifact, Depends(get_artifact)]
 EncoderDep = Annotated[FeatureEncoder, Depends(get_encoder)]
@@ -76,6 +81,7 @@ StoreDep = Annotated[LambdaStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 CampaignsDep = Annotated[CampaignBook, Depends(get_campaigns)]
 PacerDep = Annotated[Pacer, Depends(get_pacer)]
+DecisionsDep = Annotated[DecisionLog, Depends(get_decisions)]
 
 
 def admin_problem(settings: Settings, authorization: str | None) -> HTTPException | None:

@@ -20,7 +20,7 @@ from service import openapi
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
 from service.guards import DrainState, Guard
-from service.routes import allocate, budget, campaigns, system
+from service.routes import allocate, budget, campaigns, exploration, system
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import problems
 
@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(allocate.router)
     app.include_router(budget.router)
     app.include_router(campaigns.router)
+    app.include_router(exploration.router)
     app.include_router(system.router)
     openapi.install(app)
     return app

@@ -18,6 +18,7 @@ from service.campaigns.metrics import register_campaign_metrics
 from service.campaigns.redis_ledger import open_ledger
 from service.campaigns.slices import CampaignBook, SliceSettings, keep_slices, watch_new_campaigns
 from service.config import Settings
+from service.decisions.shipper import DecisionLog
 from service.errors import StoreUnavailableError
 from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
@@ -42,6 +43,7 @@ class Runtime:
     # memory (a decoded 10k-row body is tens of MB of Python objects, and each thread that ever held one keeps
     # its malloc arena) and leaves the event loop its share of the GIL.
     batch_threads: ThreadPoolExecutor
+    decisions: DecisionLog
     campaigns: CampaignBook
     pacer: Pacer
     campaign_tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -72,13 +74,30 @@ async def start_runtime(settings: Settings) -> Runtime:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
         task = asyncio.create_task(supervise_sync(store, table, settings.refresh_seconds), name="lambda-sync")
+    decisions = DecisionLog(
+        settings.redis_url,
+        settings.redis_prefix,
+        settings.redis_timeout_seconds,
+        capacity=settings.decision_log_capacity,
+        maxlen=settings.decision_stream_maxlen,
+        ship_rows=settings.decision_ship_rows,
+        refresh_seconds=settings.refresh_seconds,
+        model_version=artifact.model_version,
+        feature_names=list(manifest.features),
+    )
+    try:
+        await decisions.refresh_epsilon()
+    except StoreUnavailableError as error:
+        log.warning("starting without exploration settings (ε = 0 until Redis answers): %s", error)
+    decisions.start()
     threads = ThreadPoolExecutor(settings.max_concurrent_batches, thread_name_prefix="allocate")
     campaigns = open_campaigns(settings)
     pacer = Pacer(campaigns, solver, store, table, settings.pace_seconds)
     register_campaign_metrics(metrics.registry, campaigns, pacer)
     runtime = Runtime(
-        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads, campaigns, pacer
-    )
+        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads, decisions,
+        campaigns, pacer,
+    )  # fmt: skip
     try:  # campaigns known before the first request, so none is served uncapped while the task starts
         await campaigns.refresh_specs()
     except StoreUnavailableError as error:
@@ -112,6 +131,7 @@ STOP_WAIT_SECONDS = 0.5
 
 
 async def stop_runtime(runtime: Runtime) -> None:
+    await runtime.decisions.stop()
     runtime.batch_threads.shutdown(wait=False, cancel_futures=True)
     for task in runtime.campaign_tasks:
         await _stop_task(task, what=task.get_name())
