@@ -30,7 +30,9 @@ HOW_IT_WORKS = """
   then held as spent.
 - **Pacing** (`pacing.py`, `leader.py`): one leader per campaign (a Redis lease) every `ALLOCATOR_PACE_SECONDS`
   moves log λ by a damped Newton step towards the λ that spends the rest of the budget over the rest of the
-  expected traffic (`traffic_profile`), with the spend elasticity of the reference population as the slope,
+  expected traffic (`traffic_profile`), with the spend elasticity of the reference population as the slope;
+  what λ spends is measured on demand (predicted cost of the treatments chosen, paid for or not, reported by
+  the replicas with their spend), so a slice stall or the cap does not pull λ down;
   and lowers the cap by the realized ÷ predicted cost ratio (recent reports weighted more, 4% margin). Each new
   λ is a versioned λ record published through `LambdaStore.put`, so every replica serves it.
 
