@@ -1,15 +1,41 @@
-"""`python -m service --host H --port P`: run the allocation service with uvicorn (one process)."""
+"""`python -m service --host H --port P`: run the allocation service with uvicorn, one or more worker processes.
+
+`ALLOCATOR_WORKERS` processes (default: the CPUs the container may use; one without Redis) share the listening
+socket; each is a replica with its own model copy and λ* table, kept in step through Redis (`service.workers`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
 from service.main import create_app
+from service.workers import WorkerPlanError, plan_workers
+
+log = logging.getLogger("service")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
+def log_config(level: str, fmt: str) -> dict[str, Any]:
+    """logging.dictConfig for uvicorn to apply in every worker process (spawned workers start unconfigured)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": fmt}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "uvicorn": {"level": level},
+            "uvicorn.access": {"level": "WARNING"},  # the app logs one structured line per request itself
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,14 +50,29 @@ def main(argv: list[str] | None = None) -> None:
             f"ALLOCATOR_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
         )
         parser.exit(2, f"python -m service: invalid settings: {problems}\n")
-    logging.basicConfig(level=settings.log_level_number, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # the app logs one structured line per request itself
+    try:
+        plan = plan_workers(settings)
+    except WorkerPlanError as error:
+        parser.exit(2, f"python -m service: {error}\n")
+    fmt = LOG_FORMAT if plan.workers == 1 else WORKER_LOG_FORMAT
+    logging.basicConfig(level=settings.log_level_number, format=fmt)
+    if plan.note is not None:
+        log.warning("%s", plan.note)
+    log.info(
+        "%d worker process(es), %d onnxruntime thread(s) each, %d CPU(s) allowed", plan.workers, plan.threads, plan.cpus
     )
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": log_config(settings.log_level, fmt),
+        "access_log": False,
+    }
+    if plan.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:
+        # Spawned workers read the same ALLOCATOR_* settings, so each derives the same plan (service.workers).
+        uvicorn.run("service.main:create_app", factory=True, workers=plan.workers, **common)
 
 
 if __name__ == "__main__":

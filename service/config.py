@@ -22,7 +22,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="bearer token for POST /budget; unset → disabled")
     max_batch: int = Field(default=10_000, gt=0, description="individuals per /allocate request (413 above)")
     max_body_bytes: int = Field(default=64 * 2**20, gt=0, description="request body limit (413 above)")
-    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    workers: int | None = Field(
+        default=None, ge=1, le=64, description="worker processes; unset → the CPUs allowed (1 without Redis)"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=64, description="onnxruntime intra-op threads per worker; unset → CPUs ÷ workers"
+    )
     log_level: str = Field(default="INFO")
     refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
     redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")

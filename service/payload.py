@@ -1,5 +1,8 @@
 """The /allocate request body, decoded with orjson straight into numpy (not through pydantic), and the response.
 
+Two body forms: rows (`individuals`, one object per individual; the default, here) and columns (`ids` plus
+`columns` or `matrix`, for batch callers; `service.columnar`). Both decode to the same `AllocateBatch`.
+
 Pydantic-parsing a list of floats per individual costs ~4× the JSON decoding itself, so the hot path checks
 types with C-level passes over the decoded lists and builds the (N, D) float32 matrix directly. The pydantic
 models in `service.schemas` document the same body in OpenAPI; they are not used to parse it.
@@ -8,6 +11,7 @@ models in `service.schemas` document the same body in OpenAPI; they are not used
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +23,7 @@ from service.errors import RequestError, json_type
 from service.features import FeatureEncoder
 
 BODY_FIELDS = frozenset({"campaign", "individuals"})
+COLUMNAR_MARKERS = frozenset({"ids", "columns", "matrix"})  # any of these and no `individuals`: service.columnar
 INDIVIDUAL_FIELDS = frozenset({"id", "features", "allowed_treatments"})
 ID_TYPES = frozenset({str, int})
 CAMPAIGN_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -52,6 +57,11 @@ def decode_allocate(body: bytes, encoder: FeatureEncoder, n_treatments: int, max
         raise RequestError("body", f"invalid JSON ({error})") from error
     if not isinstance(data, dict):
         raise RequestError("body", f"expected a JSON object with 'individuals', got {json_type(data)}")
+    if "individuals" not in data and not COLUMNAR_MARKERS.isdisjoint(data):
+        # Imported here: the columnar decoder builds on this module's checks (AllocateBatch, ids, campaign).
+        from service.columnar import decode_columnar
+
+        return decode_columnar(data, encoder, n_treatments, max_batch)
     for key in data:
         if key not in BODY_FIELDS:
             raise RequestError(key, f"unknown field (expected {sorted(BODY_FIELDS)})")
@@ -112,17 +122,21 @@ def _diagnose(individuals: list[Any]) -> None:
 
 def _allowed(individuals: list[dict[str, Any]], n_treatments: int) -> NDArray[np.bool_]:
     """(N, K) mask from each individual's optional `allowed_treatments` (null or absent: all allowed)."""
-    mask = np.ones((len(individuals), n_treatments), dtype=bool)
-    for i, row in enumerate(individuals):
-        allowed = row.get("allowed_treatments")
+    values = [row.get("allowed_treatments") for row in individuals]
+    return allowed_mask(values, n_treatments, lambda i: f"individuals[{i}].allowed_treatments")
+
+
+def allowed_mask(values: list[Any], n_treatments: int, field: Callable[[int], str]) -> NDArray[np.bool_]:
+    """(N, K) mask from N entries, each null (all allowed) or a non-empty list of treatment ids."""
+    mask = np.ones((len(values), n_treatments), dtype=bool)
+    for i, allowed in enumerate(values):
         if allowed is None:
             continue
-        field = f"individuals[{i}].allowed_treatments"
         if not isinstance(allowed, list) or not allowed:
-            raise RequestError(field, f"expected a non-empty array of treatment ids, got {json_type(allowed)}")
+            raise RequestError(field(i), f"expected a non-empty array of treatment ids, got {json_type(allowed)}")
         for treatment in allowed:
             if type(treatment) is not int or not 0 <= treatment < n_treatments:
-                raise RequestError(field, f"unknown treatment id {treatment!r} (ids are 0..{n_treatments - 1})")
+                raise RequestError(field(i), f"unknown treatment id {treatment!r} (ids are 0..{n_treatments - 1})")
         mask[i] = False
         mask[i, allowed] = True
     return mask

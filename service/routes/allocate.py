@@ -8,13 +8,11 @@ from service.allocation import allocate
 from service.deps import ArtifactDep, EncoderDep, MetricsDep, SettingsDep, TableDep
 from service.errors import RequestError
 from service.payload import decode_allocate
-from service.schemas import AllocateRequest, AllocateResponse, inline_schema
+from service.schemas import AllocateResponse, allocate_request_body
 
 router = APIRouter(tags=["allocation"])
 
-ALLOCATE_BODY = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(AllocateRequest)}}}
-}
+ALLOCATE_BODY = {"requestBody": allocate_request_body()}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

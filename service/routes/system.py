@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ async def read_readiness(artifact: ArtifactDep, table: TableDep, store: StoreDep
     campaigns = {"default": table.default, **table.campaigns()}
     body = {
         "ready": table.synced,
+        "process_id": os.getpid(),  # which worker process answered (ALLOCATOR_WORKERS > 1 share one port)
         "model_version": artifact.model_version,
         "store": store.backend,
         "store_up": table.store_up,
