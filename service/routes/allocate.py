@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from service.allocation import allocate
-from service.deps import ArtifactDep, EncoderDep, MetricsDep, SettingsDep, TableDep
+from service.deps import RuntimeDep
 from service.errors import RequestError
 from service.payload import decode_allocate
 from service.schemas import AllocateResponse, allocate_request_body
@@ -37,15 +37,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         503: {"description": "λ* unknown: the store has not been reachable since startup"},
     },
 )
-async def allocate_individuals(
-    request: Request,
-    settings: SettingsDep,
-    artifact: ArtifactDep,
-    encoder: EncoderDep,
-    table: TableDep,
-    metrics: MetricsDep,
-) -> Response:
+async def allocate_individuals(request: Request, runtime: RuntimeDep) -> Response:
     """Assign each individual the treatment maximising predicted revenue − λ*·cost."""
+    # One dependency, not one per part: FastAPI's dependency resolution was a third of a single request's time.
+    settings, artifact, encoder, table, metrics = (
+        runtime.settings,
+        runtime.artifact,
+        runtime.encoder,
+        runtime.table,
+        runtime.metrics,
+    )
     body = await read_body(request, settings.max_body_bytes)
     batch = decode_allocate(body, encoder, artifact.manifest.n_treatments, settings.max_batch)
     if not table.synced:
