@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
 from service.errors import RequestError, json_type
 from service.features import FeatureEncoder
+from service.rows import decode_regular_rows
 
 BODY_FIELDS = frozenset({"campaign", "individuals"})
 COLUMNAR_MARKERS = frozenset({"ids", "columns", "matrix"})  # any of these and no `individuals`: service.columnar
@@ -28,6 +30,7 @@ INDIVIDUAL_FIELDS = frozenset({"id", "features", "allowed_treatments"})
 ID_TYPES = frozenset({str, int})
 CAMPAIGN_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_ID_LENGTH = 256
+INT_RANGE = (-(2**63), 2**64 - 1)  # integers orjson decodes (and encodes) as integers
 
 Identifier = str | int
 
@@ -51,6 +54,12 @@ def parse_campaign(value: Any, field: str = "campaign") -> str:
 
 def decode_allocate(body: bytes, encoder: FeatureEncoder, n_treatments: int, max_batch: int) -> AllocateBatch:
     """Decode and validate an /allocate body; RequestError (422, or 413 over `max_batch`) names the field."""
+    batch = _regular_batch(body, encoder, n_treatments, max_batch)
+    return batch if batch is not None else decode_reference(body, encoder, n_treatments, max_batch)
+
+
+def decode_reference(body: bytes, encoder: FeatureEncoder, n_treatments: int, max_batch: int) -> AllocateBatch:
+    """Any body, through orjson and per-field checks: the behaviour the fast path must agree with."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -79,6 +88,35 @@ def decode_allocate(body: bytes, encoder: FeatureEncoder, n_treatments: int, max
     matrix, unseen = encoder.encode(features)
     allowed = _allowed(individuals, n_treatments) if "allowed_treatments" in fields else None
     return AllocateBatch(campaign, ids, matrix, allowed, unseen)
+
+
+def _regular_batch(body: bytes, encoder: FeatureEncoder, n_treatments: int, max_batch: int) -> AllocateBatch | None:
+    """The batch by `service.rows`' typed fast path when the body is regular and valid, else None.
+
+    Every check that fails here sends the body down the reference path below, which raises the exact error.
+    """
+    rows = decode_regular_rows(body, encoder.feature_names)
+    if rows is None or not 0 < len(rows.ids) <= max_batch or not CAMPAIGN_PATTERN.fullmatch(rows.campaign):
+        return None
+    ids = rows.ids
+    id_types = set(map(type, ids))
+    if str in id_types and max(len(i) for i in ids if type(i) is str) > MAX_ID_LENGTH:
+        return None
+    if int in id_types:  # orjson reads integers beyond 64 bits as floats, which the reference path refuses
+        numbers = [i for i in ids if type(i) is int]
+        if min(numbers) < INT_RANGE[0] or max(numbers) > INT_RANGE[1]:
+            return None
+    with np.errstate(over="ignore"):  # beyond float32 → inf: the reference path names the field
+        matrix = rows.features.astype(np.float32)
+    if not np.isfinite(matrix).all():
+        return None
+    allowed = None
+    if rows.allowed is not None:
+        try:
+            allowed = allowed_mask(rows.allowed, n_treatments, lambda i: f"individuals[{i}].allowed_treatments")
+        except RequestError:
+            return None
+    return AllocateBatch(rows.campaign, ids, matrix, allowed, 0)
 
 
 def _columns(individuals: list[Any]) -> tuple[list[Identifier], list[Any], set[str]]:
@@ -142,6 +180,20 @@ def allowed_mask(values: list[Any], n_treatments: int, field: Callable[[int], st
     return mask
 
 
+class _Allocation(msgspec.Struct, gc=False):
+    """One allocation as the response writes it (field order is key order; `schemas.Allocation` documents it)."""
+
+    id: Identifier
+    treatment: int
+    treatment_name: str
+    expected_revenue: float
+    expected_cost: float
+
+
+# msgspec encodes (and decodes) holding the GIL throughout, so one encoder serves every thread.
+_RESPONSE_ENCODER = msgspec.json.Encoder()
+
+
 def encode_allocations(
     ids: list[Identifier],
     treatment: NDArray[np.int64],
@@ -152,13 +204,19 @@ def encode_allocations(
 ) -> bytes:
     """The /allocate response body: `header` fields plus one allocation per individual, in request order.
 
-    treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm.
+    treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm. Structs,
+    built by `map` over columns, cost less than a dict per individual (docs/benchmarks.md, serve).
     """
     rows = np.arange(len(treatment))
-    chosen_revenue = revenue[rows, treatment].tolist()
-    chosen_cost = cost[rows, treatment].tolist()
-    allocations = [
-        {"id": i, "treatment": t, "treatment_name": treatment_names[t], "expected_revenue": r, "expected_cost": c}
-        for i, t, r, c in zip(ids, treatment.tolist(), chosen_revenue, chosen_cost, strict=True)
-    ]
-    return orjson.dumps({"allocations": allocations, **header})
+    chosen = treatment.tolist()
+    allocations = list(
+        map(
+            _Allocation,
+            ids,
+            chosen,
+            map(treatment_names.__getitem__, chosen),
+            revenue[rows, treatment].tolist(),
+            cost[rows, treatment].tolist(),
+        )
+    )
+    return _RESPONSE_ENCODER.encode({"allocations": allocations, **header})
