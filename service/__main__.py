@@ -14,7 +14,6 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.main import create_app
 from service.workers import WorkerPlanError, plan_workers
 
 log = logging.getLogger("service")
@@ -69,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         "access_log": False,
     }
     if plan.workers == 1:
+        from service.main import create_app  # here: a supervisor of several workers never loads the app
+
         uvicorn.run(create_app(settings), **common)
     else:
         # Spawned workers read the same ALLOCATOR_* settings, so each derives the same plan (service.workers).

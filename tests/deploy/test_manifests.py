@@ -299,3 +299,17 @@ def test_compose_runs_redis_and_the_service() -> None:
     assert any(p.endswith(":8000") for p in allocator["ports"])
     assert services["train"]["build"]["target"] == "train"
     assert services["train"]["profiles"] == ["train"]
+
+
+def _cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_worker_count_matches_the_pod_cpus() -> None:
+    data = _one("ConfigMap", "allocator-config")["data"]
+    workers, threads = int(data["ALLOCATOR_WORKERS"]), int(data["ALLOCATOR_THREADS"])
+    resources = _pod_spec(_one("Deployment", "dfcl-allocator"))["containers"][0]["resources"]
+    requested, limit = _cpus(resources["requests"]["cpu"]), _cpus(resources["limits"]["cpu"])
+    # Each worker runs one event loop and `threads` onnxruntime threads: one core each, never throttled below.
+    assert requested == limit == workers * threads, (workers, threads, resources)
+    assert workers > 1 and data["ALLOCATOR_REDIS_URL"], "several workers share λ* through Redis"
