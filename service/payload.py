@@ -10,7 +10,6 @@ models in `service.schemas` document the same body in OpenAPI; they are not used
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +21,13 @@ from numpy.typing import NDArray
 
 from service.errors import RequestError, json_type
 from service.features import FeatureEncoder
+from service.limits import CAMPAIGN_PATTERN, MAX_ID_LENGTH
 from service.rows import decode_regular_rows
 
 BODY_FIELDS = frozenset({"campaign", "individuals"})
 COLUMNAR_MARKERS = frozenset({"ids", "columns", "matrix"})  # any of these and no `individuals`: service.columnar
 INDIVIDUAL_FIELDS = frozenset({"id", "features", "allowed_treatments"})
 ID_TYPES = frozenset({str, int})
-CAMPAIGN_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-MAX_ID_LENGTH = 256
-INT_RANGE = (-(2**63), 2**64 - 1)  # integers orjson decodes (and encodes) as integers
 
 Identifier = str | int
 
@@ -93,30 +90,19 @@ def decode_reference(body: bytes, encoder: FeatureEncoder, n_treatments: int, ma
 def _regular_batch(body: bytes, encoder: FeatureEncoder, n_treatments: int, max_batch: int) -> AllocateBatch | None:
     """The batch by `service.rows`' typed fast path when the body is regular and valid, else None.
 
-    Every check that fails here sends the body down the reference path below, which raises the exact error.
+    Anything that fails here goes down the reference path, which raises the exact error.
     """
-    rows = decode_regular_rows(body, encoder.feature_names)
-    if rows is None or not 0 < len(rows.ids) <= max_batch or not CAMPAIGN_PATTERN.fullmatch(rows.campaign):
+    rows = decode_regular_rows(body, encoder.feature_names, n_treatments, max_batch)
+    if rows is None:
         return None
-    ids = rows.ids
-    id_types = set(map(type, ids))
-    if str in id_types and max(len(i) for i in ids if type(i) is str) > MAX_ID_LENGTH:
-        return None
-    if int in id_types:  # orjson reads integers beyond 64 bits as floats, which the reference path refuses
-        numbers = [i for i in ids if type(i) is int]
-        if min(numbers) < INT_RANGE[0] or max(numbers) > INT_RANGE[1]:
-            return None
     with np.errstate(over="ignore"):  # beyond float32 → inf: the reference path names the field
         matrix = rows.features.astype(np.float32)
     if not np.isfinite(matrix).all():
         return None
     allowed = None
-    if rows.allowed is not None:
-        try:
-            allowed = allowed_mask(rows.allowed, n_treatments, lambda i: f"individuals[{i}].allowed_treatments")
-        except RequestError:
-            return None
-    return AllocateBatch(rows.campaign, ids, matrix, allowed, 0)
+    if rows.allowed is not None:  # ids already checked by msgspec: this cannot raise
+        allowed = allowed_mask(rows.allowed, n_treatments, lambda i: f"individuals[{i}].allowed_treatments")
+    return AllocateBatch(rows.campaign, rows.ids, matrix, allowed, 0)
 
 
 def _columns(individuals: list[Any]) -> tuple[list[Identifier], list[Any], set[str]]:

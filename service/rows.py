@@ -13,14 +13,17 @@ the error message. So this path never decides what is valid; tests check it agre
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
+
+from service.limits import CAMPAIGN_PATTERN, INT_RANGE, MAX_ID_LENGTH
 
 _ID = attrgetter("id")
 _FEATURES = attrgetter("features")
@@ -28,7 +31,7 @@ _ALLOWED = attrgetter("allowed_treatments")
 
 
 class RegularRows(NamedTuple):
-    """A regular row body, decoded: not yet checked for campaign pattern, batch size, id length or ranges."""
+    """A valid regular row body, decoded (features not yet float32, so not yet checked for overflow)."""
 
     campaign: str
     ids: list[str | int]
@@ -42,8 +45,13 @@ class _Typed(NamedTuple):
 
 
 @lru_cache(maxsize=16)
-def _typed(names: tuple[str, ...]) -> _Typed:
-    """The decoder for bodies of a model with these feature names (struct fields must be identifiers)."""
+def _typed(names: tuple[str, ...], n_treatments: int, max_batch: int) -> _Typed:
+    """The decoder for bodies of a model with these features and treatments, under this batch limit.
+
+    Every constraint the reference decoder checks per value is a msgspec constraint here, checked in C:
+    the campaign pattern, id types, lengths and the 64-bit integer range orjson keeps as integers, the
+    batch size, treatment ids in 0..K-1. (Struct field names must be identifiers: `rename` maps them.)
+    """
     fields = [f"f{j}" for j in range(len(names))]
     features = msgspec.defstruct(
         "NamedFeatures",
@@ -52,24 +60,30 @@ def _typed(names: tuple[str, ...]) -> _Typed:
         forbid_unknown_fields=True,
         gc=False,
     )
+    identifier = (
+        Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+        # msgspec bounds must fit int64: ids in 2**63..2**64-1 (valid) take the reference path.
+        | Annotated[int, msgspec.Meta(ge=INT_RANGE[0], le=min(INT_RANGE[1], 2**63 - 1))]
+    )
+    treatment = Annotated[int, msgspec.Meta(ge=0, lt=n_treatments)]
+    allowed = Annotated[list[treatment], msgspec.Meta(min_length=1)] | None
     individual = msgspec.defstruct(
         "Individual",
-        [("id", str | int), ("features", features | list[float]), ("allowed_treatments", list[int] | None, None)],
+        [("id", identifier), ("features", features | list[float]), ("allowed_treatments", allowed, None)],
         forbid_unknown_fields=True,
         gc=False,
     )
+    batch = Annotated[list[individual], msgspec.Meta(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
+    campaign = Annotated[str, msgspec.Meta(pattern=CAMPAIGN_PATTERN.pattern)]
     body = msgspec.defstruct(
-        "AllocateRows",
-        [("individuals", list[individual]), ("campaign", str, "default")],  # type: ignore[valid-type]
-        forbid_unknown_fields=True,
-        gc=False,
+        "AllocateRows", [("individuals", batch), ("campaign", campaign, "default")], forbid_unknown_fields=True
     )
     return _Typed(msgspec.json.Decoder(body), features)
 
 
-def decode_regular_rows(body: bytes, names: tuple[str, ...]) -> RegularRows | None:
-    """The decoded body when it is a regular row body for these feature names, else None."""
-    typed = _typed(names)
+def decode_regular_rows(body: bytes, names: tuple[str, ...], n_treatments: int, max_batch: int) -> RegularRows | None:
+    """The decoded body when it is a valid regular row body for this model, else None."""
+    typed = _typed(names, n_treatments, max_batch)
     try:
         request = typed.decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -77,14 +91,18 @@ def decode_regular_rows(body: bytes, names: tuple[str, ...]) -> RegularRows | No
     individuals = request.individuals
     n, width = len(individuals), len(names)
     features = list(map(_FEATURES, individuals))
-    kinds = set(map(type, features))
-    if kinds == {typed.features_type}:
-        values = chain.from_iterable(map(msgspec.structs.astuple, features))
-    elif kinds == {list} and set(map(len, features)) == {width}:
-        values = chain.from_iterable(features)
-    else:
-        return None  # empty, mixed forms, or arrays of the wrong length: the reference path decides
-    matrix = np.fromiter(values, dtype=np.float64, count=n * width).reshape(n, width)
+    # The first row says which form. A row of the other form makes the conversion below raise, and the
+    # reference path decides: no per-row type pass (arrays still need one for their lengths).
+    try:
+        if type(features[0]) is typed.features_type:
+            values: Iterable[float] = chain.from_iterable(map(msgspec.structs.astuple, features))
+        elif set(map(len, features)) == {width}:
+            values = chain.from_iterable(features)
+        else:
+            return None
+        matrix = np.fromiter(values, dtype=np.float64, count=n * width).reshape(n, width)
+    except (TypeError, ValueError):  # a row of the other form (structs have no len, lists are no structs)
+        return None
     allowed = list(map(_ALLOWED, individuals))
     has_allowed = allowed.count(None) != n
     return RegularRows(request.campaign, list(map(_ID, individuals)), matrix, allowed if has_allowed else None)
