@@ -68,7 +68,10 @@ def _ids(ids: Any, max_batch: int) -> list[Identifier]:
     if len(ids) > max_batch:
         raise RequestError("ids", f"batch of {len(ids)} exceeds the limit of {max_batch}", status=413)
     types = set(map(type, ids))
-    too_long = str in types and max(len(i) for i in ids if type(i) is str) > MAX_ID_LENGTH
+    if types == {str}:  # the usual case: one C-level pass for the lengths
+        too_long = max(map(len, ids)) > MAX_ID_LENGTH
+    else:
+        too_long = str in types and max(len(i) for i in ids if type(i) is str) > MAX_ID_LENGTH
     if types <= ID_TYPES and not too_long:
         return ids
     for i, identifier in enumerate(ids):
