@@ -118,3 +118,10 @@ def test_duplicate_keys_decode_as_the_reference_does(encoder: FeatureEncoder, ra
         assert isinstance(reference, AllocateBatch)
         assert fast.ids == reference.ids
         np.testing.assert_array_equal(fast.features, reference.features)
+
+
+def test_an_escaped_allowed_treatments_key_is_still_respected(encoder: FeatureEncoder) -> None:
+    raw = b'{"individuals": [{"id": 1, "features": [1, 2, 0, 1], "allowed\\u005ftreatments": [2]}]}'
+    batch = _regular_batch(raw, encoder, K, MAX_BATCH)
+    assert batch is not None and batch.allowed is not None
+    assert batch.allowed.tolist() == [[False, False, True]]
