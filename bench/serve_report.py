@@ -34,6 +34,10 @@ def _ratio(ceiling: Timing, result: LoadResult) -> str:
     return f"{wall_ratio(ceiling, result):.0%} ({cpu_ratio(ceiling, result):.0%})"
 
 
+def per_core(result: LoadResult) -> float:
+    return result.rps / result.server_cpu if result.server_cpu > 0 else float("nan")
+
+
 def _cpu(result: LoadResult) -> str:
     return f"{result.client_cpu:.0%} / {result.server_cpu:.0%}"
 
@@ -94,16 +98,24 @@ def report(
         "**Single-individual requests** (one individual per request, the row body; wrk's own latency "
         "percentiles, and the app's Server-Timing for the same requests):",
         "",
-        "| workers | connections | req/s | p50 | p99 | server p50 / p99 | wrk / server CPU | load at start |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | connections | req/s | p50 | p99 | server p50 / p99 | wrk / server CPU "
+        "| req/s per server core | load at start |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        for result in run.single:
+        for result in [*run.single, *([stack] if run is runs[0] else [])]:
+            workers = run.workers if result is not stack else "trivial app"
             lines.append(
-                f"| {run.workers} | {result.connections} | {result.rps:,.0f} | {result.p50_ms:.1f} ms | "
+                f"| {workers} | {result.connections} | {result.rps:,.0f} | {result.p50_ms:.1f} ms | "
                 f"{result.p99_ms:.1f} ms | {result.server_p50_ms:.2f} / {result.server_p99_ms:.2f} ms | "
-                f"{_cpu(result)} | {result.load_before:.1f} |"
+                f"{_cpu(result)} | {per_core(result):,.0f} | {result.load_before:.1f} |"
             )
+    lines += [
+        "",
+        "req/s per server core: requests over the CPU seconds the server processes used, i.e. what one core "
+        "would serve if the server had it to itself (a projection that holds while the server is CPU-bound; "
+        "it does not count the CPU wrk needs).",
+    ]
     failures = sum(r.failures for run in runs for r in (run.rows, run.columns, *run.single))
     lines += ["", f"Failed requests (non-200 or socket errors) over every run: {failures}.", ""]
     lines += targets(args, ceilings, runs)
@@ -140,7 +152,7 @@ def targets(args: argparse.Namespace, ceilings: Ceilings, runs: list[WorkerRuns]
             f"in CPU time {_yes(column_cpu >= 0.8)} (of the row body's ceiling; of its own, smaller body's: "
             f"{own_ratio:.0%} wall)",
             f"- single requests ≥ 2,000 req/s with one worker: {best.rps:,.0f} req/s at {best.connections} "
-            f"connections {_yes(best.rps >= 2000)}",
+            f"connections {_yes(best.rps >= 2000)} ({per_core(best):,.0f} req/s per core of server CPU)",
         ]
     two = by_workers.get(2)
     if two is not None:
