@@ -1,16 +1,15 @@
-"""`python -m service --host H --port P`: run the allocation service with uvicorn, one or more worker processes.
+"""`python -m service --host H --port P`: run the allocation service with uvicorn, draining on SIGTERM.
 
 `ALLOCATOR_WORKERS` processes (default: the CPUs the container may use; one without Redis) share the listening
-socket; each is a replica with its own model copy and λ* table, kept in step through Redis (`service.workers`).
+socket (`service.supervisor`); each is a replica with its own model copy and λ* table, kept in step through
+Redis. How many, and the onnxruntime threads of each, is `service.workers`' plan.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
@@ -20,21 +19,6 @@ log = logging.getLogger("service")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
-
-
-def log_config(level: str, fmt: str) -> dict[str, Any]:
-    """logging.dictConfig for uvicorn to apply in every worker process (spawned workers start unconfigured)."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": fmt}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-        "root": {"handlers": ["stderr"], "level": level},
-        "loggers": {
-            "uvicorn": {"level": level},
-            "uvicorn.access": {"level": "WARNING"},  # the app logs one structured line per request itself
-        },
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,20 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "%d worker process(es), %d onnxruntime thread(s) each, %d CPU(s) allowed", plan.workers, plan.threads, plan.cpus
     )
-    common: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "log_level": settings.log_level.lower(),
-        "log_config": log_config(settings.log_level, fmt),
-        "access_log": False,
-    }
+    # Imported here: a supervisor of several workers never loads the app (the model stack) itself.
     if plan.workers == 1:
-        from service.main import create_app  # here: a supervisor of several workers never loads the app
+        from service.serving import serve_process
 
-        uvicorn.run(create_app(settings), **common)
+        serve_process(settings, args.host, args.port)
     else:
-        # Spawned workers read the same ALLOCATOR_* settings, so each derives the same plan (service.workers).
-        uvicorn.run("service.main:create_app", factory=True, workers=plan.workers, **common)
+        from service.supervisor import supervise
+
+        supervise(settings, plan.workers, args.host, args.port, fmt)
 
 
 if __name__ == "__main__":

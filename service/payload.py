@@ -158,11 +158,9 @@ def allowed_mask(values: list[Any], n_treatments: int, field: Callable[[int], st
             continue
         if not isinstance(allowed, list) or not allowed:
             raise RequestError(field(i), f"expected a non-empty array of treatment ids, got {json_type(allowed)}")
-        for treatment in allowed:
-            if type(treatment) is not int or not 0 <= treatment < n_treatments:
-                raise RequestError(field(i), f"unknown treatment id {treatment!r} (ids are 0..{n_treatments - 1})")
+        ids = [_treatment_id(treatment, n_treatments, field(i)) for treatment in allowed]
         mask[i] = False
-        mask[i, allowed] = True
+        mask[i, ids] = True
     return mask
 
 
@@ -178,6 +176,15 @@ class _Allocation(msgspec.Struct, gc=False):
 
 # msgspec encodes (and decodes) holding the GIL throughout, so one encoder serves every thread.
 _RESPONSE_ENCODER = msgspec.json.Encoder()
+
+
+def _treatment_id(value: Any, n_treatments: int, field: str) -> int:
+    """A treatment id; 3.0 is 3 (JSON Schema's integer type admits it, so clients generated from it send it)."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 <= value < n_treatments:
+        raise RequestError(field, f"unknown treatment id {value!r} (ids are 0..{n_treatments - 1})")
+    return value
 
 
 def encode_allocations(
