@@ -7,6 +7,7 @@ process answered and which λ* version it serves.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -109,4 +110,41 @@ def test_several_workers_without_redis_are_refused_and_the_default_falls_back_to
                 pids.add(readiness(client)["process_id"])
         assert pids == {service.process.pid}
     finally:
+        service.stop()
+
+
+def test_sigterm_drains_every_worker_then_stops(redis_url: str, tmp_path: Path) -> None:
+    env = clean_env(
+        ALLOCATOR_MODEL_DIR=str(MODEL_DIR),
+        ALLOCATOR_REDIS_URL=redis_url,
+        ALLOCATOR_ADMIN_TOKEN=ADMIN_TOKEN,
+        ALLOCATOR_WORKERS=str(WORKERS),
+        ALLOCATOR_DRAIN_SECONDS="2",
+        ALLOCATOR_SHUTDOWN_TIMEOUT_SECONDS="3",
+    )
+    service = start_replica(sys.executable, env, ROOT, tmp_path / "drain.log")
+    pinned: dict[int, httpx.Client] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while len(pinned) < WORKERS and time.monotonic() < deadline:
+            client = httpx.Client(base_url=service.url, timeout=5.0)
+            pid = readiness(client)["process_id"]
+            if pid in pinned:
+                client.close()
+            else:
+                pinned[pid] = client
+        assert len(pinned) == WORKERS
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)  # to the supervisor, as Kubernetes does
+        time.sleep(0.5)
+        for pid, client in pinned.items():  # every worker drains: still serving, not ready, closing
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["draining"] is True, (pid, ready.text)
+            assert ready.headers["connection"] == "close"
+        service.process.wait(timeout=20)
+        assert time.monotonic() - started < 12, "drain 2 s + shutdown 3 s, well inside k8s's 30 s"
+        assert service.process.returncode == 0, service.logs()
+    finally:
+        for client in pinned.values():
+            client.close()
         service.stop()
