@@ -77,8 +77,8 @@ def report(
         f"**Batch path** ({n} individuals per request; one wrk connection per worker, so a request never waits "
         "behind another in its process). Server time: the app's Server-Timing (median), wall and, in brackets, "
         "the process's CPU time during the request; it starts once the headers are parsed, so it includes "
-        "reading the body off the socket while wrk is still sending it. Ratios: the JSON-decoding ceiling's time over the server's "
-        "(100% = nothing but decoding), wall over wall and CPU over CPU.",
+        "reading the body off the socket while wrk is still sending it. Ratios: the JSON-decoding ceiling's "
+        "time over the server's (100% = nothing but decoding), wall over wall and CPU over CPU.",
         "",
         "| workers | body | server time | vs decoding the row body | vs decoding its own body | client p50 "
         "| individuals/s (client) | wrk / server CPU |",
