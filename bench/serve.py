@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         "store": "Redis" if redis_url else "in-process store",
         "sizes": {form: len(body) for form, body in bodies.items()},
         "uptime": (uptime_before, uptime()),
+        "nice": os.nice(0),  # the priority the benchmark (and the server and wrk it starts) ran at
     }
     markdown = report(args, ceilings, stack, runs, context)
     print(markdown)

@@ -53,7 +53,8 @@ def report(
         f"`ALLOCATOR_WORKERS` = {', '.join(str(r.workers) for r in runs)}, one onnxruntime thread per worker. "
         f"Load: `wrk` (one thread, keep-alive connections, {args.seconds:g} s per run) on the same 2 cores.",
         "",
-        f"Machine load (`uptime`): {context['uptime'][0]} at the start, {context['uptime'][1]} at the end. "
+        f"Machine load (`uptime`): {context['uptime'][0]} at the start, {context['uptime'][1]} at the end; "
+        f"the benchmark, its server and wrk ran at niceness {context['nice']}. "
         "The machine is shared with other engineers' jobs: every number below is what was left of 2 cores "
         "for the server and wrk together; the CPU columns say how much each got.",
         "",
