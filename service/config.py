@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="bearer token for POST /budget; unset → disabled")
     max_batch: int = Field(default=10_000, gt=0, description="individuals per /allocate request (413 above)")
     # A decoded JSON body takes up to ~25× its size in Python objects (`[{},{},…]`), so the body limit, the
-    # bytes held at once and the batches decoded at once together bound a replica's memory (k8s limit 512 MiB).
+    # bytes held at once and the batches decoded at once together bound a replica's memory (each worker process:
+    # 512 MiB of the pod's 1 GiB k8s limit).
     max_body_bytes: int = Field(default=6 * 2**20, gt=0, description="/allocate body limit in bytes (413 above)")
     max_small_body_bytes: int = Field(default=64 * 2**10, gt=0, description="body limit of every other route")
     max_held_body_bytes: int = Field(
