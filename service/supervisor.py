@@ -8,11 +8,13 @@ its own is replaced. It never imports the app: its memory stays small.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -24,16 +26,34 @@ from service.config import Settings
 
 log = logging.getLogger("service.supervisor")
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 RESTART_PAUSE_SECONDS = 1.0  # between replacing workers that die at once, so a crash loop does not spin
 STOP_MARGIN_SECONDS = 5.0  # beyond drain + graceful shutdown before a worker that will not stop is killed
 
 
-def serve_worker(settings: Settings, host: str, port: int, sockets: list[socket.socket], fmt: str) -> None:
+def serve_worker(
+    settings: Settings, host: str, port: int, sockets: list[socket.socket], fmt: str, supervisor: int
+) -> None:
     """A worker process's entry point (spawned: it configures its own logging)."""
     logging.basicConfig(level=settings.log_level_number, format=fmt)
+    _stop_with(supervisor)
     from service.serving import serve_process
 
     serve_process(settings, host, port, sockets)
+
+
+def _stop_with(supervisor: int) -> None:
+    """SIGTERM this worker when its supervisor dies (even by SIGKILL), so no worker outlives it (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning(
+            "prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive its supervisor", ctypes.get_errno()
+        )
+    elif os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -47,7 +67,7 @@ class Supervisor:
     def start_worker(self) -> BaseProcess:
         process = self.context.Process(
             target=serve_worker,
-            args=(self.settings, self.host, self.port, self.sockets, self.fmt),
+            args=(self.settings, self.host, self.port, self.sockets, self.fmt, os.getpid()),
             name="allocator-worker",
         )
         process.start()

@@ -148,3 +148,23 @@ def test_sigterm_drains_every_worker_then_stops(redis_url: str, tmp_path: Path) 
         for client in pinned.values():
             client.close()
         service.stop()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(redis_url: str, tmp_path: Path) -> None:
+    env = clean_env(ALLOCATOR_MODEL_DIR=str(MODEL_DIR), ALLOCATOR_REDIS_URL=redis_url, ALLOCATOR_WORKERS=str(WORKERS))
+    service = start_replica(sys.executable, env, ROOT, tmp_path / "orphans.log")
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(pids) < WORKERS and time.monotonic() < deadline:
+            with httpx.Client(base_url=service.url, timeout=5.0) as client:
+                pids.add(readiness(client)["process_id"])
+        assert len(pids) == WORKERS
+        service.process.kill()  # SIGKILL: no chance to stop its workers itself
+        service.process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "workers outlived their supervisor"
+    finally:
+        service.stop()
