@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from pydantic import ValidationError
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from service.supervisor import supervise
 
-        supervise(settings, plan.workers, args.host, args.port, fmt)
+        sys.exit(supervise(settings, plan.workers, args.host, args.port, fmt))
 
 
 if __name__ == "__main__":

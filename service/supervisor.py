@@ -28,6 +28,7 @@ log = logging.getLogger("service.supervisor")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app's lifespan startup fails
 RESTART_PAUSE_SECONDS = 1.0  # between replacing workers that die at once, so a crash loop does not spin
 STOP_MARGIN_SECONDS = 5.0  # beyond drain + graceful shutdown before a worker that will not stop is killed
 
@@ -63,6 +64,7 @@ class Supervisor:
         self.sockets = [uvicorn.Config(app="service.main:create_app", host=host, port=port).bind_socket()]
         self.processes: list[BaseProcess] = []
         self.stop_signal: int | None = None
+        self.exit_code = 0
 
     def start_worker(self) -> BaseProcess:
         process = self.context.Process(
@@ -90,10 +92,16 @@ class Supervisor:
         while self.stop_signal is None:
             wait([p.sentinel for p in self.processes], timeout=0.5)
             for index, process in enumerate(self.processes):
-                if not process.is_alive() and self.stop_signal is None:
-                    log.error("worker process %d exited with %s; starting another", process.pid, process.exitcode)
-                    time.sleep(RESTART_PAUSE_SECONDS)
-                    self.processes[index] = self.start_worker()
+                if process.is_alive() or self.stop_signal is not None:
+                    continue
+                if process.exitcode == STARTUP_FAILURE:  # e.g. a broken artifact: every worker would fail alike
+                    log.error("worker process %d failed to start; stopping", process.pid)
+                    self.on_signal(signal.SIGINT, None)
+                    self.exit_code = STARTUP_FAILURE
+                    break
+                log.error("worker process %d exited with %s; starting another", process.pid, process.exitcode)
+                time.sleep(RESTART_PAUSE_SECONDS)
+                self.processes[index] = self.start_worker()
         deadline = time.monotonic() + self.settings.drain_seconds + self.settings.shutdown_timeout_seconds
         for process in self.processes:
             process.join(timeout=max(0.0, deadline + STOP_MARGIN_SECONDS - time.monotonic()))
@@ -105,6 +113,12 @@ class Supervisor:
             sock.close()
 
 
-def supervise(settings: Settings, workers: int, host: str, port: int, fmt: str) -> None:
-    """Run `workers` worker processes on host:port until SIGTERM (each drains) or SIGINT."""
-    Supervisor(settings, workers, host, port, fmt).run()
+def supervise(settings: Settings, workers: int, host: str, port: int, fmt: str) -> int:
+    """Run `workers` worker processes on host:port until SIGTERM (each drains) or SIGINT; the exit code.
+
+    A worker that fails to start (uvicorn's exit code 3: the app's startup raised, e.g. a broken artifact)
+    stops them all with that code, as one process would, instead of restarting forever.
+    """
+    supervisor = Supervisor(settings, workers, host, port, fmt)
+    supervisor.run()
+    return supervisor.exit_code

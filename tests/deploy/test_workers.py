@@ -168,3 +168,18 @@ def test_workers_stop_when_their_supervisor_is_killed(redis_url: str, tmp_path: 
         assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "workers outlived their supervisor"
     finally:
         service.stop()
+
+
+def test_a_broken_artifact_stops_every_worker_instead_of_restarting_them(redis_url: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model.onnx", "population.npz"):
+        (broken / name).write_bytes((MODEL_DIR / name).read_bytes())
+    manifest = (MODEL_DIR / "manifest.json").read_text()
+    (broken / "manifest.json").write_text(manifest.replace('"opset": 17', '"opset": 17, "features_extra": 1'))
+    env = clean_env(ALLOCATOR_MODEL_DIR=str(broken), ALLOCATOR_REDIS_URL=redis_url, ALLOCATOR_WORKERS=str(WORKERS))
+    command = [sys.executable, "-m", "service", "--port", str(free_port())]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert result.returncode == 3, result.stderr.decode()[-2000:]  # uvicorn's startup failure, as one process
+    assert b"manifest.json: invalid manifest: features_extra" in result.stderr
+    assert b"failed to start; stopping" in result.stderr
