@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
 
         with trivial_server() as trivial:
             stack = run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
+        with trivial_server(pure_python=True) as trivial:
+            pure = run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
         with redis_server() as redis_url:
             if redis_url is None and max(args.workers) > 1:
                 raise SystemExit("several workers need Redis: `make bench-deps` installs redis-server")
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "uptime": (uptime_before, uptime()),
         "nice": os.nice(0),  # the priority the benchmark (and the server and wrk it starts) ran at
     }
-    markdown = report(args, ceilings, stack, runs, context)
+    markdown = report(args, ceilings, (stack, pure), runs, context)
     print(markdown)
     if not args.no_write:
         command = "python -m bench.serve" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()

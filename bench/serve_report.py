@@ -34,6 +34,12 @@ def _ratio(ceiling: Timing, result: LoadResult) -> str:
     return f"{wall_ratio(ceiling, result):.0%} ({cpu_ratio(ceiling, result):.0%})"
 
 
+def _server_ms(result: LoadResult) -> str:
+    if result.server_p50_ms == 0:
+        return "–"  # the trivial app sends no Server-Timing
+    return f"{result.server_p50_ms:.2f} / {result.server_p99_ms:.2f} ms"
+
+
 def per_core(result: LoadResult) -> float:
     return result.rps / result.server_cpu if result.server_cpu > 0 else float("nan")
 
@@ -43,8 +49,13 @@ def _cpu(result: LoadResult) -> str:
 
 
 def report(
-    args: argparse.Namespace, ceilings: Ceilings, stack: LoadResult, runs: list[WorkerRuns], context: dict[str, Any]
+    args: argparse.Namespace,
+    ceilings: Ceilings,
+    stacks: tuple[LoadResult, LoadResult],
+    runs: list[WorkerRuns],
+    context: dict[str, Any],
 ) -> str:
+    stack, pure = stacks  # the trivial app under httptools + uvloop, and under h11 + asyncio
     manifest, sizes = context["manifest"], context["sizes"]
     n = args.batch
     lines = [
@@ -105,11 +116,11 @@ def report(
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        for result in [*run.single, *([stack] if run is runs[0] else [])]:
-            workers = run.workers if result is not stack else "trivial app"
+        for result in [*run.single, *([stack, pure] if run is runs[0] else [])]:
+            workers = {id(stack): "trivial app", id(pure): "trivial app, h11 + asyncio"}.get(id(result), run.workers)
             lines.append(
                 f"| {workers} | {result.connections} | {result.rps:,.0f} | {result.p50_ms:.1f} ms | "
-                f"{result.p99_ms:.1f} ms | {result.server_p50_ms:.2f} / {result.server_p99_ms:.2f} ms | "
+                f"{result.p99_ms:.1f} ms | {_server_ms(result)} | "
                 f"{_cpu(result)} | {per_core(result):,.0f} | {result.load_before:.1f} |"
             )
     lines += [

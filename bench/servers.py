@@ -122,7 +122,10 @@ def trivial_app() -> FastAPI:
     return app
 
 
-def trivial_server() -> AbstractContextManager[Server]:
-    """`trivial_app` under the same uvicorn (one process, httptools + uvloop when installed) as the service."""
+def trivial_server(pure_python: bool = False) -> AbstractContextManager[Server]:
+    """`trivial_app` under the same uvicorn (one process, httptools + uvloop when installed) as the service;
+    `pure_python`: under uvicorn's fallbacks instead (h11 and asyncio), what the service ran on before."""
     command = [sys.executable, "-m", "uvicorn", "bench.servers:trivial_app", "--factory", "--host", "127.0.0.1"]
+    if pure_python:
+        command += ["--http", "h11", "--loop", "asyncio"]
     return serving(command, {**os.environ}, "/ready", 1)
