@@ -174,6 +174,12 @@ class _Allocation(msgspec.Struct, gc=False):
     expected_cost: float
 
 
+class _DecidedAllocation(_Allocation, gc=False):
+    """An allocation with the id of its logged decision (`service.decisions`)."""
+
+    decision_id: str
+
+
 # msgspec encodes (and decodes) holding the GIL throughout, so one encoder serves every thread.
 _RESPONSE_ENCODER = msgspec.json.Encoder()
 
@@ -194,22 +200,25 @@ def encode_allocations(
     cost: NDArray[np.float32],
     treatment_names: list[str],
     header: dict[str, Any],
+    decision_ids: list[str] | None = None,
 ) -> bytes:
     """The /allocate response body: `header` fields plus one allocation per individual, in request order.
 
-    treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm. Structs,
-    built by `map` over columns, cost less than a dict per individual (docs/benchmarks.md, serve).
+    treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm; decision_ids
+    (N,), when given, are returned per allocation so outcomes can be attributed to decisions. Structs, built
+    by `map` over columns, cost less than a dict per individual (docs/benchmarks.md, serve).
     """
     rows = np.arange(len(treatment))
     chosen = treatment.tolist()
-    allocations = list(
-        map(
-            _Allocation,
-            ids,
-            chosen,
-            map(treatment_names.__getitem__, chosen),
-            revenue[rows, treatment].tolist(),
-            cost[rows, treatment].tolist(),
-        )
+    columns = (
+        ids,
+        chosen,
+        map(treatment_names.__getitem__, chosen),
+        revenue[rows, treatment].tolist(),
+        cost[rows, treatment].tolist(),
     )
+    if decision_ids is None:
+        allocations: list[Any] = list(map(_Allocation, *columns))
+    else:
+        allocations = list(map(_DecidedAllocation, *columns, decision_ids))
     return _RESPONSE_ENCODER.encode({"allocations": allocations, **header})
