@@ -38,6 +38,7 @@ from service.lambdas import BudgetSolver
 KILL_AT, RESTART_AT = 0.4, 0.55  # shares of the day: one replica killed (SIGKILL), a new one started
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 REPLICA_SETTINGS = {
+    "workers": "1",  # one process per replica, so killing a replica kills the holder of its slices
     "pace_seconds": "1.0",
     "campaign_tick_seconds": "0.1",
     "campaign_refresh_seconds": "0.5",

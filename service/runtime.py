@@ -25,6 +25,7 @@ from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
 from service.state import LambdaStore, open_store
 from service.sync import resync, supervise_sync
+from service.workers import onnx_threads
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     A broken artifact raises ValueError (the process refuses to start); an unreachable Redis does not: the
     replica starts unready and the sync task keeps trying.
     """
-    artifact = load_artifact(settings.model_dir, threads=settings.threads)
+    artifact = load_artifact(settings.model_dir, threads=onnx_threads(settings))
     manifest = artifact.manifest
     solver = BudgetSolver(artifact)
     table = LambdaTable(
@@ -114,7 +115,9 @@ async def start_runtime(settings: Settings) -> Runtime:
 def open_campaigns(settings: Settings) -> CampaignBook:
     """This replica's campaign book over the Redis ledger (or the in-process one without Redis)."""
     ledger: Ledger | None = open_ledger(settings.redis_url, settings.redis_prefix, settings.redis_timeout_seconds)
-    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # Unique per process even when ALLOCATOR_REPLICA_ID is set: worker processes of one pod are replicas too, and
+    # two holders of one name would corrupt each other's slice bookkeeping.
+    replica = f"{settings.replica_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     slices = SliceSettings(
         tick=settings.campaign_tick_seconds,
         refresh=settings.campaign_refresh_seconds,
