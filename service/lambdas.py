@@ -49,19 +49,29 @@ class BudgetSolver:
         """What the revenue-maximising policy (λ = 0) spends per individual: no budget can buy more."""
         return self.sweep.max_spend / self.sweep.n_rows
 
+    @property
+    def min_spend_per_capita(self) -> float:
+        """What the cheapest policy spends per individual: no smaller budget fits."""
+        return self.sweep.min_spend / self.sweep.n_rows
+
     def solve(self, budget_per_capita: float) -> Solution:
         """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
         if not math.isfinite(budget_per_capita):
             raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
-        ceiling = self.max_spend_per_capita
+        floor, ceiling = self.min_spend_per_capita, self.max_spend_per_capita
+        if budget_per_capita < floor * (1 - 1e-9) - 1e-12:
+            raise BudgetError(
+                f"budget {budget_per_capita:.6g} per capita is below the cheapest policy's cost, {floor:.6g} per "
+                f"capita (every individual on their cheapest treatment); no allocation fits"
+            )
         if budget_per_capita > ceiling * (1 + 1e-9) + 1e-12:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita exceeds the most this population can spend, "
                 f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "
                 f"any budget of at least {ceiling:.6g} buys that policy"
             )
-        return self.sweep.solve_per_capita(min(budget_per_capita, ceiling), with_assignment=False)
+        return self.sweep.solve_per_capita(min(max(budget_per_capita, floor), ceiling), with_assignment=False)
 
     def cheapest_lambda(self) -> float:
         """A λ at which argmax_j (r − λc) (ties to the cheaper) puts every row on its cheapest hull vertex."""

@@ -1,0 +1,85 @@
+"""The operator console: the page (`GET /console`) and the read-only JSON it draws (budget curve, what-if,
+campaigns, allocation counts). Budgets are still set through `POST /budget`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from service.allocation import lambda_out
+from service.console.curve import MAX_CURVE_POINTS
+from service.console.page import ASSETS, HEADERS, asset
+from service.console.schemas import AllocationCountsOut, BudgetCurveOut, WhatIfOut
+from service.console.views import allocation_counts, budget_curve, what_if
+from service.deps import ArtifactDep, MetricsDep, SolverDep, TableDep
+from service.payload import CAMPAIGN_PATTERN
+from service.schemas import ErrorOut, LambdaOut
+
+router = APIRouter()
+
+CampaignQuery = Annotated[str, Query(pattern=CAMPAIGN_PATTERN.pattern, description="campaign name")]
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "A query parameter is invalid; the detail names it"}
+}
+
+
+def _asset_response(name: str) -> Response:
+    return Response(asset(name), media_type=ASSETS[name], headers=HEADERS)
+
+
+@router.get("/console", tags=["console"], response_class=Response, responses={200: {"content": {"text/html": {}}}})
+async def read_console() -> Response:
+    """The operator console: model, campaigns' λ*, the what-if budget curve, setting a budget."""
+    return _asset_response("index.html")
+
+
+@router.get("/console/app.js", include_in_schema=False)
+async def read_console_script() -> Response:
+    return _asset_response("app.js")
+
+
+@router.get("/console/style.css", include_in_schema=False)
+async def read_console_style() -> Response:
+    return _asset_response("style.css")
+
+
+@router.get("/budget/curve", tags=["budget"], response_model=BudgetCurveOut, responses=INVALID)
+async def read_budget_curve(
+    solver: SolverDep,
+    table: TableDep,
+    artifact: ArtifactDep,
+    campaign: CampaignQuery = "default",
+    points: Annotated[int, Query(ge=2, le=MAX_CURVE_POINTS, description="budgets on the curve")] = 50,
+) -> BudgetCurveOut:
+    """Expected revenue, spend, λ* and treatment mix per individual for evenly spaced budgets (what-if).
+
+    Computed on the loaded model's reference population from the cached exact λ sweep; `current` marks the
+    campaign's served λ*. Nothing is stored.
+    """
+    return budget_curve(campaign, points, solver, table, artifact)
+
+
+@router.get("/budget/whatif", tags=["budget"], response_model=WhatIfOut, responses=INVALID)
+async def read_budget_what_if(
+    solver: SolverDep,
+    table: TableDep,
+    artifact: ArtifactDep,
+    budget_per_capita: Annotated[float, Query(gt=0, allow_inf_nan=False, description="budget per individual")],
+    campaign: CampaignQuery = "default",
+) -> WhatIfOut:
+    """The λ*, spend, revenue and mix `POST /budget` would give this budget, next to the current ones."""
+    return what_if(campaign, budget_per_capita, solver, table, artifact)
+
+
+@router.get("/budget/campaigns", tags=["budget"], response_model=list[LambdaOut])
+async def read_budget_campaigns(table: TableDep, solver: SolverDep) -> list[LambdaOut]:
+    """Every campaign this replica serves a λ* for ('default' first), as `GET /budget` describes one."""
+    served = {"default": table.default, **table.campaigns()}
+    return [lambda_out(campaign, s, solver.model_version) for campaign, s in served.items()]
+
+
+@router.get("/allocations/counts", tags=["allocation"], response_model=AllocationCountsOut)
+async def read_allocation_counts(metrics: MetricsDep, artifact: ArtifactDep) -> AllocationCountsOut:
+    """Individuals this replica allocated per treatment since it started (differences give the recent mix)."""
+    return allocation_counts(metrics, artifact.model_version)
