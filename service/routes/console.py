@@ -18,6 +18,10 @@ from service.schemas import ErrorOut, LambdaOut
 
 router = APIRouter()
 
+# The curve and what-if handlers are plain `def`: FastAPI runs them in its thread pool, so a 1000-point curve
+# (~50 ms) or the first request's mix-path build (~1 s for a million reference rows) never stalls /allocate on
+# the event loop. What they read is immutable (the sweep) or guarded (`service.console.curve.mix_path`).
+
 CampaignQuery = Annotated[str, Query(pattern=CAMPAIGN_PATTERN.pattern, description="campaign name")]
 INVALID: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorOut, "description": "A query parameter is invalid; the detail names it"}
@@ -45,7 +49,7 @@ async def read_console_style() -> Response:
 
 
 @router.get("/budget/curve", tags=["budget"], response_model=BudgetCurveOut, responses=INVALID)
-async def read_budget_curve(
+def read_budget_curve(
     solver: SolverDep,
     table: TableDep,
     artifact: ArtifactDep,
@@ -61,7 +65,7 @@ async def read_budget_curve(
 
 
 @router.get("/budget/whatif", tags=["budget"], response_model=WhatIfOut, responses=INVALID)
-async def read_budget_what_if(
+def read_budget_what_if(
     solver: SolverDep,
     table: TableDep,
     artifact: ArtifactDep,
