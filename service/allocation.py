@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -11,9 +13,12 @@ from service.artifact import Artifact
 from service.decision import BudgetError, choose
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
-from service.payload import AllocateBatch, encode_allocations
+from service.payload import AllocateBatch, decode_allocate, encode_allocations
 from service.schemas import BudgetOut, BudgetRequest, LambdaOut
 from service.state import LambdaStore, WriteRequest
+
+if TYPE_CHECKING:  # the runtime imports the routes' helpers' modules; only its type is needed here
+    from service.runtime import Runtime
 
 
 def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[bytes, NDArray[np.int64]]:
@@ -28,6 +33,26 @@ def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[
     }
     body = encode_allocations(batch.ids, treatment, revenue, cost, artifact.manifest.treatment_names, header)
     return body, treatment
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """What one /allocate call decided: the response body and what the route records about it."""
+
+    campaign: str
+    content: bytes
+    treatment: NDArray[np.int64]  # (N,) chosen arm per individual
+    served: Served
+    unseen_categories: int
+
+
+def allocate_body(body: bytes, runtime: Runtime) -> Allocated:
+    """Decode, score and answer one /allocate body; pure CPU work, safe to run in a worker thread."""
+    artifact = runtime.artifact
+    batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
+    served = runtime.table.serving(batch.campaign)
+    content, treatment = allocate(batch, artifact, served)
+    return Allocated(batch.campaign, content, treatment, served, batch.unseen_categories)
 
 
 def _finite_or_none(value: float) -> float | None:

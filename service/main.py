@@ -16,8 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openapi
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
+from service.guards import DrainState, Guard
 from service.routes import allocate, budget, console, system
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import problems
@@ -142,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.drain = drain = DrainState()
+    app.add_middleware(Guard, settings=settings, drain=drain)  # inside RequestLog, so its answers are logged
     app.add_middleware(RequestLog)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -151,4 +155,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(budget.router)
     app.include_router(system.router)
     app.include_router(console.router)
+    openapi.install(app)
     return app

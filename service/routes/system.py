@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -28,12 +28,20 @@ async def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_class=JSONResponse, responses={503: {"description": "λ* not known yet"}})
-async def read_readiness(runtime: RuntimeDep, artifact: ArtifactDep, table: TableDep, store: StoreDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    response_class=JSONResponse,
+    responses={503: {"description": "λ* not known yet, or draining before shutdown"}},
+)
+async def read_readiness(
+    request: Request, runtime: RuntimeDep, artifact: ArtifactDep, table: TableDep, store: StoreDep
+) -> JSONResponse:
     """Ready when the model is loaded and λ* is known; says where each campaign's λ* comes from."""
     campaigns = {"default": table.default, **table.campaigns()}
+    draining = bool(request.app.state.drain.draining)
     body = {
-        "ready": table.synced,
+        "ready": table.synced and not draining,
+        "draining": draining,
         "model_version": artifact.model_version,
         "store": store.backend,
         "store_up": table.store_up,
@@ -44,7 +52,7 @@ async def read_readiness(runtime: RuntimeDep, artifact: ArtifactDep, table: Tabl
         "rejected_records": store.rejected_records,
         "lambda": {c: {"lambda": s.lam, "version": s.version, "source": s.source} for c, s in campaigns.items()},
     }
-    code = status.HTTP_200_OK if table.synced else status.HTTP_503_SERVICE_UNAVAILABLE
+    code = status.HTTP_200_OK if body["ready"] else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(body, status_code=code)
 
 

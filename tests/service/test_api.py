@@ -193,7 +193,9 @@ def test_budget_below_the_cheapest_policy_is_422_with_the_solver_message(
         "budget_per_capita: budget 0.1 per capita is below the cheapest policy's cost, 0.5 per capita"
     )
     response = client.post("/budget", json={"total_budget": 10.0, "population_size": 100}, headers=ADMIN)
-    assert response.status_code == 422 and response.json()["detail"].startswith("total_budget: budget 0.1 per capita is below")
+    assert response.status_code == 422 and response.json()["detail"].startswith(
+        "total_budget: budget 0.1 per capita is below"
+    )
 
 
 def test_model_health_readiness_and_metrics(client: TestClient, model_dir: Path) -> None:
