@@ -59,6 +59,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.solver
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.console
 
 ## quality: decision quality of every method on every suite (docs/results/, docs/benchmarks.md; ~2 h from scratch)
 quality: $(VENV)/.dev

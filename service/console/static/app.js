@@ -371,6 +371,8 @@
       return;
     }
     state.pending.budget = budget;
+    state.pending.key = idempotencyKey(); // one key per confirmed change: a retry after a 504 reuses it
+    $("confirm-yes").textContent = "Set budget";
     const { current, proposed } = state.pending;
     text("confirm-campaign", state.campaign);
     text("old-budget", current ? fmt(current.budget_per_capita) : "none");
@@ -401,7 +403,7 @@
         headers: {
           "content-type": "application/json",
           authorization: `Bearer ${adminToken}`,
-          "idempotency-key": idempotencyKey(),
+          "idempotency-key": pending.key,
         },
         body: JSON.stringify({ campaign: state.campaign, budget_per_capita: pending.budget }),
       });
@@ -411,8 +413,14 @@
       await refreshCampaigns();
       await loadCurve();
     } catch (error) {
-      hideConfirm();
-      message(error.message, "error");
+      if (error.status === 504 || error.status === 0) {
+        // Outcome unknown: retrying with the same Idempotency-Key returns the first write or settles it.
+        $("confirm-yes").textContent = "Retry the same request";
+        message(error.message, "error");
+      } else {
+        hideConfirm();
+        message(error.message, "error");
+      }
     } finally {
       $("confirm-yes").disabled = false;
     }
