@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EDGES = 1024  # edges between stored count vectors: per-point work vs memory (K int64 per checkpoint)
 MAX_CURVE_POINTS = 1000  # a curve request is O(points); more than a screen can show is refused (422)
+INLINE_POINTS = 100  # curves up to this many points (≲ 5 ms) are computed inline: cheaper than a thread hop
 
 IntArray = NDArray[np.int64]
 Int16Array = NDArray[np.int16]
@@ -96,6 +97,12 @@ class MixPath:
 
 _paths: weakref.WeakKeyDictionary[BudgetSolver, MixPath] = weakref.WeakKeyDictionary()
 _paths_lock = threading.Lock()
+
+
+def has_mix_path(solver: BudgetSolver) -> bool:
+    """Whether `mix_path(solver, …)` is already built (so a call costs a dictionary lookup)."""
+    with _paths_lock:
+        return solver in _paths
 
 
 def mix_path(solver: BudgetSolver, n_treatments: int) -> MixPath:

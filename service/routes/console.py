@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.allocation import lambda_out
-from service.console.curve import MAX_CURVE_POINTS
+from service.console.curve import INLINE_POINTS, MAX_CURVE_POINTS, has_mix_path
 from service.console.page import ASSETS, HEADERS, asset
 from service.console.schemas import AllocationCountsOut, BudgetCurveOut, WhatIfOut
 from service.console.views import allocation_counts, budget_curve, what_if
@@ -18,9 +19,9 @@ from service.schemas import ErrorOut, LambdaOut
 
 router = APIRouter()
 
-# The curve and what-if handlers are plain `def`: FastAPI runs them in its thread pool, so a 1000-point curve
-# (~50 ms) or the first request's mix-path build (~1 s for a million reference rows) never stalls /allocate on
-# the event loop. What they read is immutable (the sweep) or guarded (`service.console.curve.mix_path`).
+# Small curves and what-ifs are computed inline (tens of µs per point); a long curve (~50 ms at 1000 points) or
+# the first request's mix-path build (~1 s for a million reference rows) goes to the thread pool, so it never
+# stalls /allocate on the event loop. What they read is immutable (the sweep) or guarded (`mix_path`).
 
 CampaignQuery = Annotated[str, Query(pattern=CAMPAIGN_PATTERN.pattern, description="campaign name")]
 INVALID: dict[int | str, dict[str, Any]] = {
@@ -49,7 +50,7 @@ async def read_console_style() -> Response:
 
 
 @router.get("/budget/curve", tags=["budget"], response_model=BudgetCurveOut, responses=INVALID)
-def read_budget_curve(
+async def read_budget_curve(
     solver: SolverDep,
     table: TableDep,
     artifact: ArtifactDep,
@@ -61,11 +62,13 @@ def read_budget_curve(
     Computed on the loaded model's reference population from the cached exact λ sweep; `current` marks the
     campaign's served λ*. Nothing is stored.
     """
-    return budget_curve(campaign, points, solver, table, artifact)
+    if points <= INLINE_POINTS and has_mix_path(solver):
+        return budget_curve(campaign, points, solver, table, artifact)
+    return await run_in_threadpool(budget_curve, campaign, points, solver, table, artifact)
 
 
 @router.get("/budget/whatif", tags=["budget"], response_model=WhatIfOut, responses=INVALID)
-def read_budget_what_if(
+async def read_budget_what_if(
     solver: SolverDep,
     table: TableDep,
     artifact: ArtifactDep,
@@ -73,7 +76,9 @@ def read_budget_what_if(
     campaign: CampaignQuery = "default",
 ) -> WhatIfOut:
     """The λ*, spend, revenue and mix `POST /budget` would give this budget, next to the current ones."""
-    return what_if(campaign, budget_per_capita, solver, table, artifact)
+    if has_mix_path(solver):
+        return what_if(campaign, budget_per_capita, solver, table, artifact)
+    return await run_in_threadpool(what_if, campaign, budget_per_capita, solver, table, artifact)
 
 
 @router.get("/budget/campaigns", tags=["budget"], response_model=list[LambdaOut])

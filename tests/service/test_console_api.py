@@ -197,3 +197,10 @@ def test_a_model_with_a_costly_cheapest_policy_starts_its_curve_there(make_clien
     assert below.json()["detail"].startswith(
         "budget_per_capita: budget 0.1 per capita is below the cheapest policy's cost, 0.5 per capita"
     )
+
+
+def test_long_curves_run_off_the_event_loop_and_give_the_same_points(client: TestClient) -> None:
+    long = client.get("/budget/curve", params={"points": 1000}).json()["points"]  # thread pool (> INLINE_POINTS)
+    short = client.get("/budget/curve", params={"points": 2}).json()["points"]  # inline, mix path now cached
+    assert len(long) == 1000
+    assert long[0] == short[0] and long[-1] == short[-1]
