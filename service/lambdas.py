@@ -45,6 +45,11 @@ class BudgetSolver:
         return self.sweep.n_rows
 
     @property
+    def min_spend_per_capita(self) -> float:
+        """What the cheapest policy (everyone on their cheapest treatment) spends per individual."""
+        return self.sweep.min_spend / self.sweep.n_rows
+
+    @property
     def max_spend_per_capita(self) -> float:
         """What the revenue-maximising policy (λ = 0) spends per individual: no budget can buy more."""
         return self.sweep.max_spend / self.sweep.n_rows

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.manifest import Manifest
 from service.payload import MAX_ID_LENGTH
 
+# The largest double that float32 rounds to a finite value (its max plus half an ulp, exclusive).
+FLOAT32_MAX = float(np.nextafter(float(np.finfo(np.float32).max) + 2.0**103, 0.0))
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
 
 
@@ -32,6 +35,7 @@ def install(app: FastAPI) -> None:
         runtime = getattr(app.state, "runtime", None)
         if runtime is not None:  # the model is loaded once the lifespan has started
             _narrow_allocate_body(schema, runtime.artifact.manifest)
+            _narrow_budget_body(schema, runtime.solver.min_spend_per_capita, runtime.solver.max_spend_per_capita)
             app.openapi_schema = schema  # only cache the complete document
         return schema
 
@@ -54,7 +58,8 @@ def _narrow_allocate_body(schema: dict[str, Any], manifest: Manifest) -> None:
     individual = body["properties"]["individuals"]["items"]["properties"]
     individual["id"]["anyOf"] = [{"type": "string", "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]
     width = manifest.n_features
-    number = {"type": "number"}
+    # JSON booleans count as 0/1; the model computes in float32, so larger magnitudes are refused.
+    number = {"type": ["number", "boolean"], "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
     one_hot = manifest.one_hot_columns()
     numeric = [name for name in manifest.features if name not in one_hot]
     encoded = {
@@ -94,3 +99,12 @@ def _narrow_allocate_body(schema: dict[str, Any], manifest: Manifest) -> None:
         "items": {"type": "integer", "minimum": 0, "maximum": manifest.n_treatments - 1},
         "minItems": 1,
     }
+
+
+def _narrow_budget_body(schema: dict[str, Any], lowest: float, highest: float) -> None:
+    """A per-capita budget the loaded model can spend: from its cheapest policy's cost to its λ = 0 policy's."""
+    body = schema["paths"]["/budget"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    per_capita = body["oneOf"][0]["properties"]["budget_per_capita"]
+    per_capita["minimum"] = lowest
+    per_capita["maximum"] = highest
+    per_capita["description"] += f" (this model: {lowest:.6g} to {highest:.6g})"

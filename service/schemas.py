@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import RequestError
 from service.payload import CAMPAIGN_PATTERN
@@ -19,14 +19,18 @@ CAMPAIGN_FIELD = Field(default="default", pattern=CAMPAIGN_PATTERN.pattern, desc
 
 
 class Individual(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str | int = Field(description="echoed back in the allocation")
-    features: dict[str, float | str] | list[float] = Field(
+    features: dict[str, float | bool | str] | list[float | bool] = Field(
         description="object keyed by feature name (raw categorical values allowed) or an array in manifest order"
     )
     allowed_treatments: list[int] | None = Field(default=None, description="treatment ids this individual may get")
 
 
 class AllocateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     campaign: str = CAMPAIGN_FIELD
     individuals: list[Individual] = Field(min_length=1, description="at most ALLOCATOR_MAX_BATCH individuals")
 
@@ -61,6 +65,12 @@ class BudgetRequest(BaseModel):
     budget_per_capita: float | None = Field(default=None, description="expected cost per individual")
     total_budget: float | None = Field(default=None, description="total expected cost; needs population_size")
     population_size: int | None = Field(default=None, description="individuals the total budget covers")
+
+    @field_validator("population_size", mode="before")
+    @classmethod
+    def _integral_float(cls, value: Any) -> Any:
+        """2.0 is an integer in JSON Schema (so generated clients send it); 2.5, true and "2" stay errors."""
+        return int(value) if type(value) is float and value.is_integer() else value
 
     @model_validator(mode="after")
     def _one_budget(self) -> BudgetRequest:
@@ -130,6 +140,34 @@ def parse_body(model: type[M], body: bytes) -> M:
         found = problems(errors)
         rest = "".join(f"; {field}: {message}" for field, message in found[1:])
         raise RequestError(found[0][0], found[0][1] + rest) from error
+
+
+def budget_body_schema() -> dict[str, Any]:
+    """The /budget body as JSON Schema: exactly one of the two forms, no nulls (what `BudgetRequest` accepts)."""
+    campaign = {"type": "string", "pattern": CAMPAIGN_PATTERN.pattern, "default": "default"}
+    positive = {"type": "number", "exclusiveMinimum": 0}
+    per_capita = {
+        "type": "object",
+        "title": "Per-capita budget",
+        "properties": {
+            "campaign": campaign,
+            "budget_per_capita": {**positive, "description": "expected cost per individual"},
+        },
+        "required": ["budget_per_capita"],
+        "additionalProperties": False,
+    }
+    total = {
+        "type": "object",
+        "title": "Total budget over a population",
+        "properties": {
+            "campaign": campaign,
+            "total_budget": {**positive, "description": "total expected cost"},
+            "population_size": {"type": "integer", "minimum": 1, "description": "individuals the budget covers"},
+        },
+        "required": ["total_budget", "population_size"],
+        "additionalProperties": False,
+    }
+    return {"oneOf": [per_capita, total]}
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

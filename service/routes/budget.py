@@ -12,7 +12,7 @@ from service.allocation import lambda_out, set_budget
 from service.deps import AdminDep, MetricsDep, SolverDep, StoreDep, TableDep
 from service.errors import RequestError
 from service.payload import CAMPAIGN_PATTERN
-from service.schemas import BudgetOut, BudgetRequest, ErrorOut, LambdaOut, inline_schema, parse_body
+from service.schemas import BudgetOut, BudgetRequest, ErrorOut, LambdaOut, budget_body_schema, parse_body
 
 router = APIRouter(tags=["budget"])
 
@@ -20,9 +20,7 @@ IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 # The body is read by the handler, after the admin check (FastAPI would read a declared body before any
 # dependency runs), so it is declared here for OpenAPI only.
-BUDGET_BODY = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(BudgetRequest)}}}
-}
+BUDGET_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": budget_body_schema()}}}}
 
 
 @router.post(
@@ -47,7 +45,11 @@ async def solve_budget(
     table: TableDep,
     metrics: MetricsDep,
     idempotency_key: Annotated[
-        str | None, Header(description="retry a budget with the same key to get its first answer, never a 2nd write")
+        str | None,
+        Header(
+            pattern=IDEMPOTENCY_KEY.pattern,
+            description="retry a budget with the same key to get its first answer, never a second write",
+        ),
     ] = None,
 ) -> BudgetOut:
     """Solve λ* for a new budget on the reference population and publish it to every replica."""

@@ -229,7 +229,8 @@ def test_allocate_on_a_campaign_with_no_budget_is_404(make_client: AppFactory, m
     [
         (b'{"budget_per_capita": true}', "budget_per_capita: Input should be a valid number"),
         (b'{"budget_per_capita": "1.5"}', "budget_per_capita: Input should be a valid number"),
-        (b'{"total_budget": 10.0, "population_size": 2.0}', "population_size: Input should be a valid integer"),
+        (b'{"total_budget": 10.0, "population_size": 2.5}', "population_size: Input should be a valid integer"),
+        (b'{"total_budget": 10.0, "population_size": true}', "population_size: Input should be a valid integer"),
         (b'{"budget_per_capita": 0.5', "body: invalid JSON"),
         (b"", "body: invalid JSON"),
         (b'{"budget_per_capita": 0.5, "extra": 1}', "extra: Extra inputs are not permitted"),
