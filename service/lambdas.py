@@ -54,11 +54,6 @@ class BudgetSolver:
         """What the revenue-maximising policy (λ = 0) spends per individual: no budget can buy more."""
         return self.sweep.max_spend / self.sweep.n_rows
 
-    @property
-    def min_spend_per_capita(self) -> float:
-        """What the cheapest policy spends per individual: no smaller budget fits."""
-        return self.sweep.min_spend / self.sweep.n_rows
-
     def solve(self, budget_per_capita: float) -> Solution:
         """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
