@@ -54,18 +54,24 @@ class BudgetSolver:
         """What the revenue-maximising policy (λ = 0) spends per individual: no budget can buy more."""
         return self.sweep.max_spend / self.sweep.n_rows
 
+    @property
+    def accepted_budgets(self) -> tuple[float, float]:
+        """The per-capita budgets `solve` accepts: min and max spend widened by rounding slack (1e-9 relative)."""
+        return self.min_spend_per_capita * (1 - 1e-9) - 1e-12, self.max_spend_per_capita * (1 + 1e-9) + 1e-12
+
     def solve(self, budget_per_capita: float) -> Solution:
         """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
         if not math.isfinite(budget_per_capita):
             raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
         floor, ceiling = self.min_spend_per_capita, self.max_spend_per_capita
-        if budget_per_capita < floor * (1 - 1e-9) - 1e-12:
+        lowest, highest = self.accepted_budgets
+        if budget_per_capita < lowest:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita is below the cheapest policy's cost, {floor:.6g} per "
                 f"capita (every individual on their cheapest treatment); no allocation fits"
             )
-        if budget_per_capita > ceiling * (1 + 1e-9) + 1e-12:
+        if budget_per_capita > highest:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita exceeds the most this population can spend, "
                 f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "

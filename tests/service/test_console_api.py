@@ -182,6 +182,12 @@ def test_openapi_documents_the_console_endpoints(client: TestClient) -> None:
     points = next(p for p in curve["parameters"] if p["name"] == "points")
     assert points["schema"]["minimum"] == 2 and points["schema"]["maximum"] == 1000
     assert "422" in curve["responses"] and "422" in paths["/budget/whatif"]["get"]["responses"]
+    # The what-if budget's published range is exactly what the solver accepts: its ends answer 200, beyond 422.
+    what_if = paths["/budget/whatif"]["get"]["parameters"]
+    budget = next(p for p in what_if if p["name"] == "budget_per_capita")["schema"]
+    highest = budget["maximum"]
+    assert client.get("/budget/whatif", params={"budget_per_capita": highest}).status_code == 200
+    assert client.get("/budget/whatif", params={"budget_per_capita": highest * (1 + 1e-7)}).status_code == 422
 
 
 def test_a_model_with_a_costly_cheapest_policy_starts_its_curve_there(make_client: AppFactory, tmp_path: Path) -> None:
@@ -192,6 +198,13 @@ def test_a_model_with_a_costly_cheapest_policy_starts_its_curve_there(make_clien
     assert first["budget_per_capita"] == body["min_budget_per_capita"] == pytest.approx(0.5, rel=1e-6)
     assert first["mix"]["control"] == 1.0
     assert last["lambda"] == 0.0 and last["budget_per_capita"] == body["max_budget_per_capita"]
+    budget = next(
+        p
+        for p in client.get("/openapi.json").json()["paths"]["/budget/whatif"]["get"]["parameters"]
+        if p["name"] == "budget_per_capita"
+    )["schema"]
+    assert "exclusiveMinimum" not in budget
+    assert client.get("/budget/whatif", params={"budget_per_capita": budget["minimum"]}).status_code == 200
     below = client.get("/budget/whatif", params={"budget_per_capita": 0.1})
     assert below.status_code == 422
     assert below.json()["detail"].startswith(
