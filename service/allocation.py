@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the runtime imports the routes' helpers' modules; only its 
 def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[bytes, NDArray[np.int64]]:
     """The /allocate response body and the (N,) chosen treatments: argmax_j (r̂ − λ*·ĉ) per individual."""
     revenue, cost = artifact.predict(batch.features)  # (N, K) each
+    _check_predictions(revenue, cost)
     treatment = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
     header = {
         "campaign": batch.campaign,
@@ -33,6 +34,18 @@ def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[
     }
     body = encode_allocations(batch.ids, treatment, revenue, cost, artifact.manifest.treatment_names, header)
     return body, treatment
+
+
+def _check_predictions(revenue: NDArray[np.float32], cost: NDArray[np.float32]) -> None:
+    """422 for the first individual whose predictions are not finite: its (finite) features are so far outside
+    what the model was trained on that its float32 arithmetic overflows. Never a 500 for what a client sent."""
+    finite = np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)  # (N,)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise RequestError(
+            f"individuals[{row}].features",
+            "values so far outside the model's training range that its predictions overflow",
+        )
 
 
 @dataclass(frozen=True)

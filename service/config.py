@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         default=48 * 2**20, gt=0, description="request body bytes held at once by all requests (503 above)"
     )
     body_timeout_seconds: float = Field(default=10.0, gt=0.0, le=300.0, description="time to receive a body (408)")
+    max_concurrent_batches: int = Field(
+        default=2, gt=0, le=64, description="large /allocate bodies decoded and scored at once (the rest wait)"
+    )
     max_concurrent_requests: int = Field(default=256, gt=0, description="connections+requests at once (503 above)")
     drain_seconds: float = Field(
         default=0.0, ge=0.0, le=60.0, description="after SIGTERM: keep serving (not ready, Connection: close) this long"

@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import anyio
+
 from service.artifact import Artifact, load_artifact
 from service.config import Settings
 from service.errors import StoreUnavailableError
@@ -29,6 +31,9 @@ class Runtime:
     store: LambdaStore
     metrics: Metrics
     sync_task: asyncio.Task[None] | None
+    # Large /allocate bodies decoded and scored at once, in worker threads: bounds their memory (a decoded
+    # 10k-row body is tens of MB of Python objects) and leaves the event loop its share of the GIL.
+    batch_slots: anyio.CapacityLimiter
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -56,7 +61,8 @@ async def start_runtime(settings: Settings) -> Runtime:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
         task = asyncio.create_task(supervise_sync(store, table, settings.refresh_seconds), name="lambda-sync")
-    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task)
+    slots = anyio.CapacityLimiter(settings.max_concurrent_batches)
+    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, slots)
 
 
 STOP_ATTEMPTS = 10  # × STOP_WAIT_SECONDS: the longest a shutdown waits for the sync task

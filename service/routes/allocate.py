@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from service.allocation import Allocated, allocate_body
 from service.deps import RuntimeDep
@@ -44,7 +44,7 @@ async def allocate_individuals(request: Request, runtime: RuntimeDep) -> Respons
     if len(body) <= INLINE_BODY_BYTES:
         done: Allocated = allocate_body(body, runtime)
     else:
-        done = await run_in_threadpool(allocate_body, body, runtime)
+        done = await anyio.to_thread.run_sync(allocate_body, body, runtime, limiter=runtime.batch_slots)
     metrics = runtime.metrics
     metrics.batch_size.observe(len(done.treatment))
     metrics.count_allocations(done.treatment)

@@ -205,6 +205,20 @@ def test_configmap_holds_known_settings_and_no_token() -> None:
     assert str(settings.model_dir) == data["ALLOCATOR_MODEL_DIR"]
 
 
+def test_shutdown_fits_in_the_grace_period() -> None:
+    """preStop sleep + drain + the wait for requests in flight must end before Kubernetes SIGKILLs the pod."""
+    settings = Settings.model_validate(
+        {k.removeprefix("ALLOCATOR_").lower(): v for k, v in _one("ConfigMap", "allocator-config")["data"].items()}
+    )
+    pod = _pod_spec(_one("Deployment", "dfcl-allocator"))
+    (container,) = pod["containers"]
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    used = pre_stop + settings.drain_seconds + settings.shutdown_timeout_seconds
+    assert settings.drain_seconds > 0, "without a drain, clients on kept-alive connections see resets"
+    assert settings.body_timeout_seconds < settings.shutdown_timeout_seconds
+    assert used < pod["terminationGracePeriodSeconds"], f"{used} s of shutdown in a shorter grace period"
+
+
 def test_secret_is_a_placeholder_template() -> None:
     secret = _one("Secret", "allocator-admin")
     assert "data" not in secret, "the template uses stringData; base64 `data` could hide a real token"

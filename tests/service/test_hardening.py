@@ -255,6 +255,17 @@ def test_what_the_published_schema_allows_is_accepted(client: TestClient) -> Non
     assert array["minItems"] == array["maxItems"] == 4  # the toy model's D: `features: []` is not allowed
 
 
+def test_features_that_overflow_the_model_are_422_not_500(make_client: AppFactory) -> None:
+    # Found by schemathesis on the shipped model: a finite float32 feature makes its predictions overflow.
+    client = make_client(Path(__file__).resolve().parents[2] / "models" / "default")
+    names = client.get("/model").json()["features"]
+    typical = dict.fromkeys(names, 0.0)
+    huge = {"individuals": [{"id": 1, "features": typical}, {"id": 2, "features": {**typical, "is_member": 3.4e38}}]}
+    response = client.post("/allocate", json=huge)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("individuals[1].features: values so far outside")
+
+
 def test_every_error_response_is_declared_with_the_one_error_schema(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert "HTTPValidationError" not in schema["components"]["schemas"]
