@@ -52,5 +52,9 @@ class AllocationCountsOut(BaseModel):
     """Individuals this replica has allocated per treatment since it started (the Prometheus counters)."""
 
     model_version: str
+    replica: str = Field(
+        description="host/pid of the process that answered: counters are per process, so only "
+        "readings of the same replica may be subtracted"
+    )
     counts: dict[str, int] = Field(description="treatment name → individuals allocated")
     total: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 from service.artifact import Artifact
@@ -108,4 +110,9 @@ def allocation_counts(metrics: Metrics, model_version: str) -> AllocationCountsO
     for name in metrics.treatment_names:
         value = metrics.registry.get_sample_value(ALLOCATIONS_SAMPLE, {"treatment": name})
         counts[name] = int(value or 0)
-    return AllocationCountsOut(model_version=model_version, counts=counts, total=sum(counts.values()))
+    return AllocationCountsOut(
+        model_version=model_version,
+        replica=f"{socket.gethostname()}/{os.getpid()}",
+        counts=counts,
+        total=sum(counts.values()),
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +151,7 @@ def test_allocation_counts_follow_the_allocations(client: TestClient, model_dir:
     ).json()["allocations"]
     counts = client.get("/allocations/counts").json()
     assert counts["total"] == 150
+    assert counts["replica"] == f"{socket.gethostname()}/{os.getpid()}"  # readings are only comparable per process
     expected = {name: 0 for name in ("control", "coupon_5", "coupon_10")}
     for allocation in allocations:
         expected[allocation["treatment_name"]] += 1

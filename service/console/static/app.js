@@ -18,7 +18,7 @@
     selected: null, // the selected point: one of curve.points, or the campaign's current one
     hover: null, // index into curve.points under the pointer
     campaigns: [],
-    snapshots: [], // [{t, counts}] of /allocations/counts, for the recent mix
+    snapshots: new Map(), // replica → [{t, counts}] of /allocations/counts, for the recent mix
     pending: null, // the what-if awaiting confirmation
   };
   let adminToken = ""; // only in memory
@@ -438,15 +438,21 @@
   async function refreshAllocations() {
     const body = await api("allocations/counts");
     const now = Date.now();
-    state.snapshots.push({ t: now, counts: body.counts });
-    while (state.snapshots.length > 2 && now - state.snapshots[1].t >= RECENT_WINDOW_MS) state.snapshots.shift();
-    const first = state.snapshots[0];
+    // Counters are per replica process: behind a load balancer successive readings may come from different
+    // replicas, so only readings of the same one are subtracted (and a restart, counts going down, starts over).
+    let snapshots = state.snapshots.get(body.replica) || [];
+    const last = snapshots[snapshots.length - 1];
+    if (last && Object.entries(body.counts).some(([k, v]) => v < (last.counts[k] || 0))) snapshots = [];
+    snapshots.push({ t: now, counts: body.counts });
+    while (snapshots.length > 2 && now - snapshots[1].t >= RECENT_WINDOW_MS) snapshots.shift();
+    state.snapshots.set(body.replica, snapshots);
+    const first = snapshots[0];
     const delta = Object.fromEntries(Object.entries(body.counts).map(([k, v]) => [k, v - (first.counts[k] || 0)]));
     const [recent, recentTotal] = sharesOf(delta);
     const seconds = Math.round((now - first.t) / 1000);
     text("recent-summary", seconds < 1
-      ? "Recent mix: waiting for a second reading…"
-      : `Last ${seconds} s: ${recentTotal.toLocaleString("en-US")} individuals allocated`);
+      ? `Replica ${body.replica}. Recent mix: waiting for a second reading…`
+      : `Replica ${body.replica}. Last ${seconds} s: ${recentTotal.toLocaleString("en-US")} individuals allocated`);
     renderMix($("recent-mix"), recent);
     const [total, allTotal] = sharesOf(body.counts);
     text("total-summary", `Since this replica started: ${allTotal.toLocaleString("en-US")} individuals`);
