@@ -78,8 +78,10 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     replica.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Headless Chromium, for one module at a time: Playwright's sync API keeps an asyncio loop running in the
+    main thread while it is open, where later tests' `asyncio.run` would fail."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} is not installed (make chromium installs it)")
     with sync_playwright() as playwright:

@@ -186,11 +186,16 @@
 
   async function loadCurve() {
     const query = new URLSearchParams({ campaign: state.campaign, points: String(pointsWanted()) });
+    // The form is refilled from the new curve: no typing into it until then.
+    const form = [$("budget-input"), $("review")];
+    form.forEach((input) => { input.disabled = true; });
     try {
       state.curve = await api(`budget/curve?${query}`);
     } catch (error) {
       status(`budget curve: ${error.message}`, true);
       return;
+    } finally {
+      form.forEach((input) => { input.disabled = false; });
     }
     text("population-size", state.curve.population_size.toLocaleString("en-US"));
     state.selected = state.curve.current || state.curve.points[nearest(state.curve.max_budget_per_capita / 2)];
