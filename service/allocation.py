@@ -62,9 +62,18 @@ class Allocated:
 def allocate_body(body: bytes, runtime: Runtime) -> Allocated:
     """Decode, score and answer one /allocate body; pure CPU work, safe to run in a worker thread."""
     artifact = runtime.artifact
-    batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
-    served = runtime.table.serving(batch.campaign)
-    content, treatment = allocate(batch, artifact, served)
+    refusal: tuple[str, str, int] | None = None
+    try:
+        batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
+        served = runtime.table.serving(batch.campaign)
+        content, treatment = allocate(batch, artifact, served)
+    except RequestError as error:
+        # Raised again outside this block: the original's traceback holds the frames with the decoded body
+        # (up to ~25× its size), which would stay alive while the error travels to the event loop and the
+        # next batch is decoded.
+        refusal = (error.field, error.message, error.status)
+    if refusal is not None:
+        raise RequestError(*refusal)
     return Allocated(batch.campaign, content, treatment, served, batch.unseen_categories)
 
 

@@ -56,28 +56,29 @@ class BudgetSolver:
 
     @property
     def accepted_budgets(self) -> tuple[float, float]:
-        """The per-capita budgets `solve` accepts: min and max spend widened by rounding slack (1e-9 relative)."""
-        return self.min_spend_per_capita * (1 - 1e-9) - 1e-12, self.max_spend_per_capita * (1 + 1e-9) + 1e-12
+        """The per-capita budgets `solve` answers (as OpenAPI publishes them): the cheapest policy's spend to the
+        λ = 0 policy's, plus the rounding slack `solve` allows above it."""
+        return self.min_spend_per_capita, self.max_spend_per_capita * (1 + 1e-9) + 1e-12
 
     def solve(self, budget_per_capita: float) -> Solution:
         """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
         if not math.isfinite(budget_per_capita):
             raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
-        floor, ceiling = self.min_spend_per_capita, self.max_spend_per_capita
-        lowest, highest = self.accepted_budgets
-        if budget_per_capita < lowest:
+        floor = self.min_spend_per_capita
+        if budget_per_capita < floor - 1e-12 * (abs(floor) + 1.0):
             raise BudgetError(
-                f"budget {budget_per_capita:.6g} per capita is below the cheapest policy's cost, {floor:.6g} per "
-                f"capita (every individual on their cheapest treatment); no allocation fits"
+                f"budget {budget_per_capita:.6g} per capita is below what the cheapest policy spends, "
+                f"{floor:.6g} per capita (every individual on their cheapest treatment); no allocation fits"
             )
-        if budget_per_capita > highest:
+        ceiling = self.max_spend_per_capita
+        if budget_per_capita > self.accepted_budgets[1]:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita exceeds the most this population can spend, "
                 f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "
                 f"any budget of at least {ceiling:.6g} buys that policy"
             )
-        return self.sweep.solve_per_capita(min(max(budget_per_capita, floor), ceiling), with_assignment=False)
+        return self.sweep.solve_per_capita(min(budget_per_capita, ceiling), with_assignment=False)
 
     def cheapest_lambda(self) -> float:
         """A λ at which argmax_j (r − λc) (ties to the cheaper) puts every row on its cheapest hull vertex."""
@@ -180,7 +181,8 @@ class LambdaTable:
             return Served(record.lam, record.version, "store", record)
         # Solved on another model's predictions: re-solve the same budget with this model before serving it.
         try:
-            lam = self.solver.solve(record.budget_per_capita).lam
+            # More than this model can spend buys its revenue-maximising policy (the old one may spend more).
+            lam = self.solver.solve(min(record.budget_per_capita, self.solver.max_spend_per_capita)).lam
             source = f"store, re-solved for model {self.solver.model_version}"
         except BudgetError:
             lam = self.solver.cheapest_lambda()

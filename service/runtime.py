@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import anyio
 
 from service.artifact import Artifact, load_artifact
 from service.config import Settings
@@ -31,9 +30,10 @@ class Runtime:
     store: LambdaStore
     metrics: Metrics
     sync_task: asyncio.Task[None] | None
-    # Large /allocate bodies decoded and scored at once, in worker threads: bounds their memory (a decoded
-    # 10k-row body is tens of MB of Python objects) and leaves the event loop its share of the GIL.
-    batch_slots: anyio.CapacityLimiter
+    # The threads that decode and score large /allocate bodies, as many as may run at once: bounds their
+    # memory (a decoded 10k-row body is tens of MB of Python objects, and each thread that ever held one keeps
+    # its malloc arena) and leaves the event loop its share of the GIL.
+    batch_threads: ThreadPoolExecutor
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -61,8 +61,8 @@ async def start_runtime(settings: Settings) -> Runtime:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
         task = asyncio.create_task(supervise_sync(store, table, settings.refresh_seconds), name="lambda-sync")
-    slots = anyio.CapacityLimiter(settings.max_concurrent_batches)
-    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, slots)
+    threads = ThreadPoolExecutor(settings.max_concurrent_batches, thread_name_prefix="allocate")
+    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads)
 
 
 STOP_ATTEMPTS = 10  # × STOP_WAIT_SECONDS: the longest a shutdown waits for the sync task
@@ -70,6 +70,7 @@ STOP_WAIT_SECONDS = 0.5
 
 
 async def stop_runtime(runtime: Runtime) -> None:
+    runtime.batch_threads.shutdown(wait=False, cancel_futures=True)
     if runtime.sync_task is not None:
         await _stop_task(runtime.sync_task)
     await runtime.store.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import anyio.to_thread
+import asyncio
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from service.allocation import Allocated, allocate_body
@@ -44,7 +45,7 @@ async def allocate_individuals(request: Request, runtime: RuntimeDep) -> Respons
     if len(body) <= INLINE_BODY_BYTES:
         done: Allocated = allocate_body(body, runtime)
     else:
-        done = await anyio.to_thread.run_sync(allocate_body, body, runtime, limiter=runtime.batch_slots)
+        done = await asyncio.get_running_loop().run_in_executor(runtime.batch_threads, allocate_body, body, runtime)
     metrics = runtime.metrics
     metrics.batch_size.observe(len(done.treatment))
     metrics.count_allocations(done.treatment)

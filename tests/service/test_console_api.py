@@ -211,7 +211,7 @@ def test_a_model_with_a_costly_cheapest_policy_starts_its_curve_there(make_clien
     below = client.get("/budget/whatif", params={"budget_per_capita": 0.1})
     assert below.status_code == 422
     assert below.json()["detail"].startswith(
-        "budget_per_capita: budget 0.1 per capita is below the cheapest policy's cost, 0.5 per capita"
+        "budget_per_capita: budget 0.1 per capita is below what the cheapest policy spends, 0.5 per capita"
     )
 
 

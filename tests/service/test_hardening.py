@@ -282,3 +282,25 @@ def test_admin_token_comparison_still_accepts_the_right_token(client: TestClient
         "/budget", json={"budget_per_capita": 0.5}, headers={"Authorization": f"bearer {ADMIN_TOKEN}"}
     )
     assert response.status_code == 200
+
+
+def test_large_bodies_are_scored_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10k-row batch must not stall /healthz and /readyz: its CPU work runs in the batch thread."""
+    import threading
+
+    from service.routes import allocate as route
+
+    threads: list[str] = []
+    original = route.allocate_body
+
+    def recording(body: bytes, runtime: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(body, runtime)
+
+    monkeypatch.setattr(route, "allocate_body", recording)
+    small = client.post("/allocate", json=ONE)
+    big = client.post(
+        "/allocate", json={"individuals": [{"id": i, "features": [0.3, -0.2, 1, 0]} for i in range(5000)]}
+    )
+    assert small.status_code == big.status_code == 200
+    assert not threads[0].startswith("allocate") and threads[1].startswith("allocate")
