@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,17 @@ CHROMIUM_FLAGS = [
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-__all__ = ["ADMIN_TOKEN", "CHROMIUM", "CHROMIUM_FLAGS", "DESKTOP", "PHONE", "ConsolePage"]
+__all__ = ["ADMIN_TOKEN", "CHROMIUM", "CHROMIUM_FLAGS", "DESKTOP", "PHONE", "ConsolePage", "RedisProcess"]
+
+
+@dataclass
+class RedisProcess:
+    url: str
+    process: subprocess.Popen[bytes]
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A real redis-server on a free port, without persistence, stopped after the module."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -59,16 +66,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 process.kill()
                 pytest.fail(f"redis-server did not listen on port {port}")
             time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
+    yield RedisProcess(f"redis://127.0.0.1:{port}/0", process)
     process.terminate()
     process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+def service(redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """`python -m service` on the shipped model and the real Redis, with an admin token."""
     env = clean_env(
-        ALLOCATOR_REDIS_URL=redis_url,
+        ALLOCATOR_REDIS_URL=redis.url,
         ALLOCATOR_REDIS_PREFIX=f"console-{uuid.uuid4().hex[:8]}",
         ALLOCATOR_ADMIN_TOKEN=ADMIN_TOKEN,
         ALLOCATOR_REFRESH_SECONDS="1",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import httpx
 import pytest
 from deploy.processes import Replica, individuals_from_population
 from playwright.sync_api import Browser, expect
 
-from .conftest import ADMIN_TOKEN, PHONE, ConsolePage
+from .conftest import ADMIN_TOKEN, PHONE, ConsolePage, RedisProcess
 
 
 def number(text: str) -> float:
@@ -166,3 +169,33 @@ def test_readable_at_phone_width(browser: Browser, service: Replica) -> None:
         assert console.errors == []
     finally:
         context.close()
+
+
+def test_a_frozen_store_shows_the_api_error_and_the_budget_is_not_served(
+    console: ConsolePage, service: Replica, redis: RedisProcess
+) -> None:
+    """Kept last in this module: it freezes the shared Redis (and waits for the service to see it back)."""
+    before = httpx.get(f"{service.url}/budget").json()
+    review_budget(console, 0.9, ADMIN_TOKEN)
+    page = console.page
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        page.click("#confirm-yes")
+        # 503 (not applied) or 504 (outcome unknown, settled by a retry with the same key), worded by the API.
+        expect(page.locator("#message")).to_have_text(
+            re.compile(r"^(503: λ\* store unavailable|504: λ\* store did not)")
+        )
+        if page.inner_text("#message").startswith("504"):  # the confirmation stays, to retry with the same key
+            expect(page.locator("#confirm")).to_be_visible()
+            expect(page.locator("#confirm-yes")).to_have_text("Retry the same request")
+        else:
+            expect(page.locator("#confirm")).to_be_hidden()
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while not httpx.get(f"{service.url}/readyz").json()["store_up"]:
+        assert time.monotonic() < deadline, "the service did not see Redis again"
+        time.sleep(0.2)
+    time.sleep(1.5)  # a full resync (ALLOCATOR_REFRESH_SECONDS=1) after Redis ran what it had queued
+    served = httpx.get(f"{service.url}/budget").json()
+    assert (served["lambda"], served["version"]) == (before["lambda"], before["version"])  # never applied later
