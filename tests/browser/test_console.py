@@ -131,6 +131,23 @@ def test_a_new_campaign_gets_its_first_budget(console: ConsolePage, service: Rep
     assert console.errors == []
 
 
+def test_a_budget_changed_elsewhere_withdraws_the_confirmation(console: ConsolePage, service: Replica) -> None:
+    review_budget(console, 1.1, ADMIN_TOKEN)
+    page = console.page
+    elsewhere = httpx.post(
+        f"{service.url}/budget",
+        json={"budget_per_capita": 2.6},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).json()
+    # The page's next refresh (every 5 s) sees the new version: its "now" column would be stale.
+    expect(page.locator("#message")).to_contain_text(
+        f"changed elsewhere (now version {elsewhere['version']})", timeout=15_000
+    )
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert number(page.inner_text("#sel-lambda")) == pytest.approx(elsewhere["lambda"], rel=1e-4)
+    assert console.errors == []
+
+
 def test_a_budget_no_allocation_fits_shows_the_api_message(console: ConsolePage) -> None:
     review_budget_page = console.page
     review_budget_page.fill("#budget-input", "99")

@@ -474,7 +474,15 @@
     else status(`updated ${new Date().toLocaleTimeString()}`);
     const record = currentRecord();
     const current = state.curve && state.curve.current;
-    if (record && (!current || current.version !== record.version)) await loadCurve(); // changed elsewhere
+    if (record && (!current || current.version !== record.version)) {
+      // Changed elsewhere (another operator, another replica): a confirmation on screen shows a stale "now".
+      if (state.pending) {
+        hideConfirm();
+        message(`The budget of ${record.campaign} was changed elsewhere (now version ${record.version}): ` +
+          "review the new budget again.", "error");
+      }
+      await loadCurve();
+    }
   }
 
   function wire() {
