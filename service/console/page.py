@@ -11,7 +11,12 @@ from importlib import resources
 
 ASSETS = {  # file name → media type; nothing outside this list is ever served
     "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",  # the page's state and wiring, an ES module importing the rest
+    "allocations.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "campaigns.js": "text/javascript; charset=utf-8",
+    "chart.js": "text/javascript; charset=utf-8",
+    "mix.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 

@@ -14,6 +14,7 @@ from service.console.page import ASSETS, HEADERS, asset
 from service.console.schemas import AllocationCountsOut, BudgetCurveOut, WhatIfOut
 from service.console.views import allocation_counts, budget_curve, what_if
 from service.deps import ArtifactDep, MetricsDep, SolverDep, TableDep
+from service.errors import RequestError
 from service.payload import CAMPAIGN_PATTERN
 from service.schemas import ErrorOut, LambdaOut
 
@@ -39,14 +40,12 @@ async def read_console() -> Response:
     return _asset_response("index.html")
 
 
-@router.get("/console/app.js", include_in_schema=False)
-async def read_console_script() -> Response:
-    return _asset_response("app.js")
-
-
-@router.get("/console/style.css", include_in_schema=False)
-async def read_console_style() -> Response:
-    return _asset_response("style.css")
+@router.get("/console/{name}", include_in_schema=False)
+async def read_console_asset(name: str) -> Response:
+    """The page's scripts and stylesheet: only the files `ASSETS` lists (anything else is a 404)."""
+    if name == "index.html" or name not in ASSETS:
+        raise RequestError("path", f"no console file {name[:64]!r}", status=404)
+    return _asset_response(name)
 
 
 @router.get("/budget/curve", tags=["budget"], response_model=BudgetCurveOut, responses=INVALID)

@@ -169,11 +169,15 @@ def test_the_page_is_served_with_its_own_assets_only(client: TestClient) -> None
         if reference != "data:,":
             asset = client.get(f"/{reference}")
             assert asset.status_code == 200 and asset.headers["content-type"] == ASSETS[reference.split("/")[-1]]
-    script = client.get("/console/app.js").text
-    assert re.findall(r"https?://[^\s\"']+", script) == ["http://www.w3.org/2000/svg"]  # an XML namespace, no CDN
-    assert not re.search(r"(localStorage|sessionStorage)\s*\.|document\.cookie", script)  # the token stays in memory
+    scripts = "".join(client.get(f"/console/{name}").text for name in ASSETS if name.endswith(".js"))
+    imported = set(re.findall(r'from "\./([^"]+)"', scripts))
+    assert imported == {name for name in ASSETS if name.endswith(".js")} - {"app.js"}  # all served, all used
+    assert set(re.findall(r"https?://[^\s\"']+", scripts)) == {"http://www.w3.org/2000/svg"}  # an XML namespace
+    assert not re.search(r"(localStorage|sessionStorage)\s*\.|document\.cookie", scripts)  # the token stays in memory
     assert client.get("/console/../service/main.py").status_code == 404
-    assert client.get("/console/manifest.json").status_code == 404
+    missing = client.get("/console/manifest.json")
+    assert missing.status_code == 404 and missing.json() == {"detail": "path: no console file 'manifest.json'"}
+    assert client.get("/console/index.html").status_code == 404  # the page is GET /console
 
 
 def test_openapi_documents_the_console_endpoints(client: TestClient) -> None:
