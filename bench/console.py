@@ -122,7 +122,7 @@ def main() -> None:
             "assignment, O(N + E)). Wall times of runs longer than a few ms are inflated when the load average "
             "exceeds the 2 cores (the run waits for a CPU); the CPU-time column is this thread's own time.",
             "",
-            "| population | rows N | hull edges E | mix path build, memory | points | curve ms | µs / point "
+            "| population | rows N | hull edges E | mix path build, memory | points | curve wall ms | wall µs / point "
             "| CPU µs / point | one mix from the assignment, ms |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|",
             *rows,
@@ -130,7 +130,7 @@ def main() -> None:
             f"Through HTTP on {args.model} (in-process app, server time from Server-Timing, median of "
             f"{args.repeats}; includes response validation and JSON encoding):",
             "",
-            "| points | server ms | µs / point |",
+            "| points | server wall ms | wall µs / point |",
             "|---:|---:|---:|",
             *http,
             "",
