@@ -62,7 +62,13 @@ def wait_until(check: object, what: str, timeout: float = 60.0) -> None:
 @contextmanager
 def running_service(workdir: Path) -> Iterator[str]:
     processes: list[subprocess.Popen[bytes]] = []
-    env = {"PATH": "/usr/bin:/bin", "ALLOCATOR_ADMIN_TOKEN": TOKEN, "ALLOCATOR_LOG_LEVEL": "WARNING"}
+    # One worker: the allocations panel shows one process's counters, and this script's allocations must be in them.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ALLOCATOR_ADMIN_TOKEN": TOKEN,
+        "ALLOCATOR_LOG_LEVEL": "WARNING",
+        "ALLOCATOR_WORKERS": "1",
+    }
     try:
         redis = shutil.which("redis-server")
         if redis:
