@@ -86,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="DFCL/Bi-DFCL checkpoint score on validation: doubly robust (default) or the IPW EOM area",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream the training table (Parquet file or directory) in row-group shards; implied under torchrun",
+    )
+    p.add_argument("--shuffle-buffer", type=int, default=65_536, help="streamed: rows shuffled together (default 65536)")
+    p.add_argument("--resume-dir", type=Path, help="streamed: per-epoch resume state here (shared by all ranks)")
+    p.add_argument("--encoding", type=Path, help="streamed: a saved encoding (JSON) instead of fitting one")
+    p.add_argument(
+        "--steps-per-epoch", type=int, help="streamed: end each epoch after this many batches per rank (timing runs)"
+    )
+    p.add_argument("--warm-start-epochs", type=int, help="DFCL/Bi-DFCL: epochs before the decision/bilevel loss")
 
     p = sub.add_parser("evaluate", help="EOM cost curves of one or more checkpoints on held-out RCT data")
     p.add_argument("--model", required=True, action="append", type=Path, help="checkpoint (repeat to compare)")

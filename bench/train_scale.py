@@ -1,0 +1,197 @@
+"""Streamed, data-parallel training at scale: rows/s, seconds per epoch and peak memory for 1 vs 2 ranks.
+
+    python -m bench.train_scale --rows 10000000 --small-rows 1000000 --bidfcl-steps 300 --seeds 3
+
+1. Writes a synthetic OBS table of `--rows` rows (and one of `--small-rows`) to Parquet in chunks of
+   `--chunk-rows` (never whole in memory; row groups of 100k rows), next to the standard synthetic RCT
+   train/validation/test tables (`python -m training synth` sizes).
+2. Times one epoch of tsm on the streamed OBS table (`--method tsm-obs --stream`: the TSM trainer on the OBS
+   rows) with 1 rank and with 2 ranks (`torchrun --standalone --nproc-per-node 2 -m training train …`),
+   and one Bi-DFCL epoch (bilevel from the first epoch) cut to `--bidfcl-steps` batches per rank, its full
+   epoch extrapolated from the measured batches (a 10M-row Bi-DFCL epoch takes too long for this machine).
+   Every run reports its own epoch clock (validation scoring excluded) and each rank's peak RSS.
+3. Decision quality after a fixed epoch budget on the standard synthetic benchmark (200k OBS rows, 50k-row
+   oracle test set): tsm-obs and Bi-DFCL trained with 1 and with 2 ranks for `--seeds` seeds, scored by the
+   true-value cost-curve area (`python -m training evaluate`, oracle outcomes).
+Results go to the "train-scale" section of docs/benchmarks.md with the load average at the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from bench.report import write_section
+from training.network import load_checkpoint
+from training.synthetic import SyntheticSpec, generate, write_benchmark
+
+ROW_GROUP = 100_000
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def write_obs(path: Path, rows: int, chunk_rows: int, seed: int) -> Path:
+    """A confounded synthetic OBS table of `rows` rows, generated and written chunk by chunk."""
+    if path.exists() and pq.ParquetFile(path).metadata.num_rows == rows:
+        return path
+    spec = SyntheticSpec(seed=seed)
+    children = np.random.SeedSequence([seed, rows]).spawn((rows + chunk_rows - 1) // chunk_rows)
+    partial = path.with_suffix(".partial")
+    writer: pq.ParquetWriter | None = None
+    written = 0
+    for child in children:
+        n = min(chunk_rows, rows - written)
+        frame = generate(spec, n, randomised=False, rng=np.random.default_rng(child))
+        frame = frame[[c for c in frame.columns if not c.startswith("true_")]]  # training columns only
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        writer = writer or pq.ParquetWriter(partial, table.schema)
+        writer.write_table(table, row_group_size=ROW_GROUP)
+        written += n
+    assert writer is not None
+    writer.close()
+    partial.rename(path)
+    return path
+
+
+def train(
+    ranks: int, method: str, obs: Path, data: Path, out: Path, seed: int, extra: list[str]
+) -> tuple[dict[str, Any], float]:
+    """One `python -m training train --stream` run (under torchrun for 2+ ranks); its checkpoint extra and wall s."""
+    args = ["-m", "training", "train", "--stream", "--quiet", "--method", method, "--config", str(data / "config.toml"),
+            "--rct", str(data / "rct_train.parquet"), "--obs", str(obs), "--val", str(data / "rct_val.parquet"),
+            "--out", str(out), "--seed", str(seed), *extra]  # fmt: skip
+    launcher = [sys.executable] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(launcher + args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    _, info = load_checkpoint(str(out))
+    return info, wall
+
+
+def epoch_seconds(info: dict[str, Any]) -> float:
+    history = info["history"]
+    return float(history["seconds"][-1])
+
+
+def timing_row(label: str, ranks: int, rows_total: int, info: dict[str, Any], wall: float) -> dict[str, Any]:
+    rows = int(info["streamed"]["rows_per_epoch"])
+    seconds = epoch_seconds(info)
+    return {
+        "run": label, "ranks": ranks, "table_rows": rows_total, "rows_trained": rows, "epoch_s": seconds,
+        "rows_per_s": rows / seconds, "full_epoch_s": rows_total / (rows / seconds), "wall_s": wall,
+        "peak_rss_mb": [round(float(v), 1) for v in info["streamed"]["peak_rss_mb"]],
+    }  # fmt: skip
+
+
+def true_area(model: Path, data: Path, out: Path) -> float:
+    command = [sys.executable, "-m", "training", "evaluate", "--model", str(model), "--test",
+               str(data / "rct_test.parquet"), "--bootstrap", "0", "--out", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    results = json.loads((out / "results.json").read_text())
+    (entry,) = results["methods"].values()
+    return float(entry["area_oracle"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--small-rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=500_000)
+    parser.add_argument("--bidfcl-steps", type=int, default=300, help="Bi-DFCL batches per rank timed")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the quality comparison")
+    parser.add_argument("--quality-epochs", type=int, default=6)
+    parser.add_argument("--work", type=Path, default=Path("runs/train-scale"))
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = args.work
+    data = work / "data"
+    write_benchmark(data, SyntheticSpec(seed=0), seed=0)
+    started = time.perf_counter()
+    big = write_obs(work / f"obs_{args.rows}.parquet", args.rows, args.chunk_rows, seed=0)
+    small = write_obs(work / f"obs_{args.small_rows}.parquet", args.small_rows, args.chunk_rows, seed=0)
+    say(f"OBS tables ready in {time.perf_counter() - started:.0f} s: {big} ({big.stat().st_size / 2**20:.0f} MiB)")
+    load_before = load_average()
+    timings = []
+    for rows, path in ((args.small_rows, small), (args.rows, big)):
+        for ranks in (1, 2):
+            info, wall = train(ranks, "tsm-obs", path, data, work / f"tsm-{rows}-{ranks}.pt", 0, ["--epochs", "1"])
+            timings.append(timing_row("tsm", ranks, rows, info, wall))
+            say(json.dumps(timings[-1]))
+    for ranks in (1, 2):
+        extra = ["--epochs", "1", "--warm-start-epochs", "0", "--steps-per-epoch", str(args.bidfcl_steps)]
+        info, wall = train(ranks, "bidfcl-ppl", big, data, work / f"bidfcl-{ranks}.pt", 0, extra)
+        timings.append(timing_row("bidfcl-ppl", ranks, args.rows, info, wall))
+        say(json.dumps(timings[-1]))
+    load_after = load_average()
+    quality: list[dict[str, Any]] = []
+    if not args.skip_quality:
+        obs = data / "obs.parquet"
+        for seed in range(args.seeds):
+            for method, extra in (("tsm-obs", ["--epochs", str(args.quality_epochs)]),
+                                  ("bidfcl-ppl", ["--epochs", str(args.quality_epochs), "--warm-start-epochs", "2"])):  # fmt: skip
+                for ranks in (1, 2):
+                    model = work / f"q-{method}-{seed}-{ranks}.pt"
+                    train(ranks, method, obs, data, model, seed, extra)
+                    area = true_area(model, data, work / f"q-{method}-{seed}-{ranks}")
+                    quality.append({"method": method, "seed": seed, "ranks": ranks, "true_area": area})
+                    say(json.dumps(quality[-1]))
+    report = {"timings": timings, "quality": quality, "load_before": load_before, "load_after": load_after}
+    (work / "results.json").write_text(json.dumps(report, indent=2))
+    say(json.dumps(report, indent=2))
+    if not args.no_write:
+        command = "python -m bench.train_scale " + " ".join(sys.argv[1:])
+        write_section("train-scale", command, markdown(report, args))
+
+
+def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "## Streamed, data-parallel training (1 vs 2 ranks)",
+        "",
+        f"Load average (1/5/15 min) before the timing runs: {report['load_before']}; after: {report['load_after']}.",
+        "",
+        "| run | ranks | table rows | rows trained | epoch s | rows/s | full epoch s | peak RSS per rank (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in report["timings"]:
+        lines.append(
+            f"| {t['run']} | {t['ranks']} | {t['table_rows']:,} | {t['rows_trained']:,} | {t['epoch_s']:.1f} | "
+            f"{t['rows_per_s']:,.0f} | {t['full_epoch_s']:.0f} | {', '.join(str(v) for v in t['peak_rss_mb'])} |"
+        )
+    if report["quality"]:
+        lines += ["", "| method | ranks | true-value area per seed | mean | seed spread (max − min) |", "|---|---|---|---|---|"]
+        for method in dict.fromkeys(q["method"] for q in report["quality"]):
+            for ranks in (1, 2):
+                areas = [q["true_area"] for q in report["quality"] if q["method"] == method and q["ranks"] == ranks]
+                lines.append(
+                    f"| {method} | {ranks} | {', '.join(f'{a:.4f}' for a in areas)} | {np.mean(areas):.4f} | "
+                    f"{max(areas) - min(areas):.4f} |"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
