@@ -105,13 +105,12 @@ def timing_row(label: str, ranks: int, rows_total: int, info: dict[str, Any], wa
     }  # fmt: skip
 
 
-def true_area(model: Path, data: Path, out: Path) -> float:
+def true_area(model: Path, method: str, data: Path, out: Path) -> float:
     command = [sys.executable, "-m", "training", "evaluate", "--model", str(model), "--test",
                str(data / "rct_test.parquet"), "--bootstrap", "0", "--out", str(out)]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text())
-    (entry,) = results["methods"].values()
-    return float(entry["area_oracle"])
+    return float(results["methods"][method]["area_oracle"])
 
 
 def main() -> None:
@@ -123,7 +122,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the quality comparison")
     parser.add_argument("--quality-epochs", type=int, default=6)
     parser.add_argument("--work", type=Path, default=Path("runs/train-scale"))
-    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument(
+        "--parts", default="timing,quality", help="timing, quality or both; a part not run keeps its last results"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -134,6 +135,22 @@ def main() -> None:
     big = write_obs(work / f"obs_{args.rows}.parquet", args.rows, args.chunk_rows, seed=0)
     small = write_obs(work / f"obs_{args.small_rows}.parquet", args.small_rows, args.chunk_rows, seed=0)
     say(f"OBS tables ready in {time.perf_counter() - started:.0f} s: {big} ({big.stat().st_size / 2**20:.0f} MiB)")
+    results_path = work / "results.json"
+    report: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    parts = set(args.parts.split(","))
+    if "timing" in parts:
+        report.update(timing(args, work, data, big, small))
+    if "quality" in parts:
+        report["quality"] = quality(args, work, data)
+    results_path.write_text(json.dumps(report, indent=2))
+    say(json.dumps(report, indent=2))
+    if not args.no_write:
+        command = "python -m bench.train_scale " + " ".join(sys.argv[1:])
+        write_section("train-scale", command, markdown(report))
+
+
+def timing(args: argparse.Namespace, work: Path, data: Path, big: Path, small: Path) -> dict[str, Any]:
+    """Part 2 of the module docstring: one epoch (Bi-DFCL: `--bidfcl-steps` batches) per rank count."""
     load_before = load_average()
     timings = []
     for rows, path in ((args.small_rows, small), (args.rows, big)):
@@ -146,43 +163,47 @@ def main() -> None:
         info, wall = train(ranks, "bidfcl-ppl", big, data, work / f"bidfcl-{ranks}.pt", 0, extra)
         timings.append(timing_row("bidfcl-ppl", ranks, args.rows, info, wall))
         say(json.dumps(timings[-1]))
-    load_after = load_average()
-    quality: list[dict[str, Any]] = []
-    if not args.skip_quality:
-        obs = data / "obs.parquet"
-        for seed in range(args.seeds):
-            for method, extra in (("tsm-obs", ["--epochs", str(args.quality_epochs)]),
-                                  ("bidfcl-ppl", ["--epochs", str(args.quality_epochs), "--warm-start-epochs", "2"])):  # fmt: skip
-                for ranks in (1, 2):
-                    model = work / f"q-{method}-{seed}-{ranks}.pt"
-                    train(ranks, method, obs, data, model, seed, extra)
-                    area = true_area(model, data, work / f"q-{method}-{seed}-{ranks}")
-                    quality.append({"method": method, "seed": seed, "ranks": ranks, "true_area": area})
-                    say(json.dumps(quality[-1]))
-    report = {"timings": timings, "quality": quality, "load_before": load_before, "load_after": load_after}
-    (work / "results.json").write_text(json.dumps(report, indent=2))
-    say(json.dumps(report, indent=2))
-    if not args.no_write:
-        command = "python -m bench.train_scale " + " ".join(sys.argv[1:])
-        write_section("train-scale", command, markdown(report, args))
+    return {"timings": timings, "load_before": load_before, "load_after": load_average()}
 
 
-def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+def quality(args: argparse.Namespace, work: Path, data: Path) -> list[dict[str, Any]]:
+    """Part 3 of the module docstring: true-value areas after `--quality-epochs` epochs, 1 vs 2 ranks."""
+    results: list[dict[str, Any]] = []
+    obs = data / "obs.parquet"
+    epochs = ["--epochs", str(args.quality_epochs)]
+    runs = (("tsm-obs", epochs), ("bidfcl-ppl", [*epochs, "--warm-start-epochs", "2"]))
+    for seed in range(args.seeds):
+        for method, extra in runs:
+            for ranks in (1, 2):
+                model = work / f"q-{method}-{seed}-{ranks}.pt"
+                train(ranks, method, obs, data, model, seed, extra)
+                area = true_area(model, method, data, work / f"q-{method}-{seed}-{ranks}")
+                results.append({"method": method, "seed": seed, "ranks": ranks, "true_area": area})
+                say(json.dumps(results[-1]))
+    return results
+
+
+def markdown(report: dict[str, Any]) -> str:
     lines = [
         "## Streamed, data-parallel training (1 vs 2 ranks)",
         "",
-        f"Load average (1/5/15 min) before the timing runs: {report['load_before']}; after: {report['load_after']}.",
+        f"Load average (1/5/15 min) before the timing runs: {report.get('load_before')}; "
+        f"after: {report.get('load_after')}.",
         "",
         "| run | ranks | table rows | rows trained | epoch s | rows/s | full epoch s | peak RSS per rank (MiB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for t in report["timings"]:
+    for t in report.get("timings", []):
         lines.append(
             f"| {t['run']} | {t['ranks']} | {t['table_rows']:,} | {t['rows_trained']:,} | {t['epoch_s']:.1f} | "
             f"{t['rows_per_s']:,.0f} | {t['full_epoch_s']:.0f} | {', '.join(str(v) for v in t['peak_rss_mb'])} |"
         )
-    if report["quality"]:
-        lines += ["", "| method | ranks | true-value area per seed | mean | seed spread (max − min) |", "|---|---|---|---|---|"]
+    if report.get("quality"):
+        lines += [
+            "",
+            "| method | ranks | true-value area per seed | mean | seed spread (max − min) |",
+            "|---|---|---|---|---|",
+        ]
         for method in dict.fromkeys(q["method"] for q in report["quality"]):
             for ranks in (1, 2):
                 areas = [q["true_area"] for q in report["quality"] if q["method"] == method and q["ranks"] == ranks]

@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stream the training table (Parquet file or directory) in row-group shards; implied under torchrun",
     )
-    p.add_argument("--shuffle-buffer", type=int, default=65_536, help="streamed: rows shuffled together (default 65536)")
+    p.add_argument(
+        "--shuffle-buffer", type=int, default=65_536, help="streamed: rows shuffled together (default 65536)"
+    )
     p.add_argument("--resume-dir", type=Path, help="streamed: per-epoch resume state here (shared by all ranks)")
     p.add_argument("--encoding", type=Path, help="streamed: a saved encoding (JSON) instead of fitting one")
     p.add_argument(

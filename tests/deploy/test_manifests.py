@@ -332,7 +332,9 @@ def test_distributed_training_is_an_indexed_job_with_a_headless_rendezvous() -> 
     # Evaluation and export only on rank 0's pod; resume state and checkpoint on the shared models volume.
     assert script.index('"$JOB_COMPLETION_INDEX" != "0"') < script.index("python -m training export")
     assert env["RUN_DIR"].startswith(env["MODELS_DIR"] + "/")
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
     models = next(m for m in container["volumeMounts"] if m["mountPath"] == env["MODELS_DIR"])
     assert claims[models["name"]] == "allocator-models"
     data = next(m for m in container["volumeMounts"] if m["mountPath"] == env["DATA_DIR"])

@@ -44,7 +44,14 @@ class Setup:
         self.binary = (self.stats.binary_revenue, self.stats.binary_cost)
         self.propensity = torch.as_tensor(self.stats.propensity(), dtype=torch.float32)
         stream = ShardStream(
-            self.table, self.config, self.encoding, batch_size, rank=rank, world_size=world_size, seed=7, buffer_rows=256
+            self.table,
+            self.config,
+            self.encoding,
+            batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=7,
+            buffer_rows=256,
         )
         self.rows: EncodedRows = next(iter(stream.epoch(0)))
 
@@ -75,7 +82,9 @@ def rct_rows(rct: Logs, rank: int) -> torch.Tensor:
     return torch.randperm(rct.n_rows, generator=rct_generator(BIDFCL.seed, 0, rank))[: BIDFCL.rct_batch_size]
 
 
-def bidfcl_step(bilevel: _Bilevel, teacher: OutcomeNet, setup: Setup, rows: EncodedRows, rct: Logs, picks: torch.Tensor) -> None:
+def bidfcl_step(
+    bilevel: _Bilevel, teacher: OutcomeNet, setup: Setup, rows: EncodedRows, rct: Logs, picks: torch.Tensor
+) -> None:
     from training.batch import full_batch
 
     lower = LowerBatch.table(setup.batch(rows), teacher)

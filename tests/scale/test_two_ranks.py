@@ -49,7 +49,9 @@ def union(results: list[dict]) -> EncodedRows:
 def assert_same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]], atol: float) -> None:
     for net_a, net_b in zip(a, b, strict=True):
         for name in net_a:
-            torch.testing.assert_close(net_a[name], net_b[name], atol=atol, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(
+                net_a[name], net_b[name], atol=atol, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
+            )
 
 
 def test_tsm_step_on_two_ranks_is_one_step_on_the_union(data_dir: Path, tmp_path: Path) -> None:

@@ -52,17 +52,18 @@ class DataParallelBilevel(_Bilevel):
     def lambdas(self, revenue: np.ndarray, cost: np.ndarray, rct: FactualBatch) -> list[float]:
         if not ranks.current().distributed:
             return super().lambdas(revenue, cost, rct)
-        parts = ranks.gather_objects((revenue, cost, rct.treatment.numpy(), rct.revenue.numpy(), rct.cost.numpy()))
+        k = rct.n_treatments
+        # (B, 2K + 3) per rank, float64 (treatment indices are exact): one all-gather instead of five.
+        local = np.column_stack([revenue, cost, rct.treatment.numpy(), rct.revenue.numpy(), rct.cost.numpy()])
+        rows = ranks.gather_rows(torch.from_numpy(local.astype(np.float64))).numpy()
         union = FactualBatch(
-            features=torch.zeros((sum(len(p[2]) for p in parts), 0)),  # λ* needs no features
-            treatment=torch.from_numpy(np.concatenate([p[2] for p in parts])),
-            revenue=torch.from_numpy(np.concatenate([p[3] for p in parts])),
-            cost=torch.from_numpy(np.concatenate([p[4] for p in parts])),
+            features=torch.zeros((rows.shape[0], 0)),  # λ* needs no features
+            treatment=torch.from_numpy(rows[:, 2 * k].astype(np.int64)),
+            revenue=torch.from_numpy(rows[:, 2 * k + 1].astype(np.float32)),
+            cost=torch.from_numpy(rows[:, 2 * k + 2].astype(np.float32)),
             propensity=rct.propensity,
         )
-        R = np.concatenate([p[0] for p in parts])
-        C = np.concatenate([p[1] for p in parts])
-        return ipw_lambdas(R, C, union, self.budgets)
+        return ipw_lambdas(rows[:, :k], rows[:, k : 2 * k], union, self.budgets)
 
 
 def bilevel_step(
@@ -146,7 +147,9 @@ def fit_bidfcl_streamed(
             lows.append(low)
             factuals.append(factual)
             gate_means.append(gate_mean)
-        score = float(ranks.broadcast_object(decision_score(target, rct_val, val_budgets, baseline) if me.leader else None))
+        score = float(
+            ranks.broadcast_object(decision_score(target, rct_val, val_budgets, baseline) if me.leader else None)
+        )
         history["lower_loss"].append(float(np.mean(lows)))
         history["lower_factual"].append(float(np.mean(factuals)))
         history["upper_loss"].append(float(np.mean(uppers)) if uppers else math.nan)
@@ -171,4 +174,3 @@ def fit_bidfcl_streamed(
         )  # fmt: skip
     target.load_state_dict(best_state)
     return target.eval(), history
-

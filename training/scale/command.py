@@ -78,7 +78,9 @@ def sample_rows(table: ParquetTable, config: DatasetConfig, encoding: Categorica
     return EncodedRows.concat(parts)
 
 
-def network_config(moments: Moments, n_treatments: int, hidden: tuple[int, ...], binary: tuple[bool, bool]) -> NetworkConfig:
+def network_config(
+    moments: Moments, n_treatments: int, hidden: tuple[int, ...], binary: tuple[bool, bool]
+) -> NetworkConfig:
     mean, std = moments.standardisation()
     return NetworkConfig(
         n_features=len(mean), n_treatments=n_treatments, hidden=tuple(hidden), binary_revenue=binary[0],
@@ -139,7 +141,9 @@ def _train(args: argparse.Namespace, me: ranks.Ranks, say: Callable[[str], None]
     )  # fmt: skip
     propensity = torch.as_tensor(np.maximum(stats.propensity(), 1e-12), dtype=torch.float32)
     decision_focused = isinstance(method, TrainConfig) and method.method != "tsm"
-    sample = _logs(sample_rows(table, config, encoding, SAMPLE_ROWS), encoding, config, binary) if decision_focused else None
+    sample = (
+        _logs(sample_rows(table, config, encoding, SAMPLE_ROWS), encoding, config, binary) if decision_focused else None
+    )
     data = StreamedData(stream, propensity, binary, sample)
     run = {"method": args.method, "seed": args.seed, "data": str(streamed_path), "config": _plain(method)}
     resume = ResumeState(args.resume_dir, json.loads(json.dumps(run)))
@@ -166,9 +170,11 @@ def _train(args: argparse.Namespace, me: ranks.Ranks, say: Callable[[str], None]
         "training_data": summary,
         "validation_metrics": metrics,
         "streamed": {
-            "world_size": me.world_size, "shuffle_buffer_rows": stream.buffer_rows, "peak_rss_mb": peak_rss,
+            "world_size": me.world_size,
+            "shuffle_buffer_rows": stream.buffer_rows,
+            "peak_rss_mb": peak_rss,
             "rows_per_epoch": stream.rows_per_epoch(),
-        },  # fmt: skip
+        },
         **info,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

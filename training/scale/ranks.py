@@ -71,6 +71,16 @@ def average(flat: torch.Tensor) -> torch.Tensor:
     return out / ranks.world_size
 
 
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's (N, C) `rows` stacked in rank order: one collective (every rank must pass the same shape)."""
+    ranks = current()
+    if not ranks.distributed:
+        return rows
+    out = [torch.empty_like(rows) for _ in range(ranks.world_size)]
+    dist.all_gather(out, rows.contiguous())
+    return torch.cat(out)
+
+
 def gather_objects(value: Any) -> list[Any]:
     """Every rank's `value`, in rank order (a one-element list in a world of one)."""
     ranks = current()

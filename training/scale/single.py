@@ -71,7 +71,7 @@ class StreamedData:
     stream: ShardStream
     propensity: torch.Tensor  # (K,) of the whole streamed table
     binary: tuple[bool, bool]  # binary revenue, binary cost
-    sample: Logs  # a bounded sample of training rows (DFCL's λ from budgets), the same on every rank
+    sample: Logs | None  # a bounded sample of training rows (DFCL's λ from budgets), the same on every rank
 
 
 def train_step(
@@ -186,7 +186,12 @@ def fit_single_level_streamed(
             baseline_t = saved["baseline"]
             baseline = None if baseline_t is None else (baseline_t[0].numpy(), baseline_t[1].numpy())
         else:
-            history.lams = list(config.lams) or ranks.broadcast_object(lambdas_from_budgets(model, data.sample))
+            if config.lams:
+                history.lams = list(config.lams)
+            elif data.sample is None:
+                raise ValueError(f"{config.method} derives λ from a sample of training rows; none was read")
+            else:
+                history.lams = ranks.broadcast_object(lambdas_from_budgets(model, data.sample))
             baseline = predict(model, val.features) if config.validation == "dr" else None
         stored = None if baseline is None else [torch.from_numpy(np.asarray(b)) for b in baseline]
 

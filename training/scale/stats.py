@@ -65,7 +65,9 @@ class TableStats:
     binary_cost: bool = True
 
     def merge(self, other: TableStats) -> TableStats:
-        categories = {c: self.categories.get(c, Counter()) + other.categories.get(c, Counter()) for c in self.categories}
+        categories = {
+            c: self.categories.get(c, Counter()) + other.categories.get(c, Counter()) for c in self.categories
+        }
         return TableStats(
             self.rows + other.rows,
             self.arm_counts + other.arm_counts,
@@ -124,15 +126,19 @@ def scan(table: ParquetTable, config: DatasetConfig, pieces: Sequence[Piece]) ->
     for piece in pieces:
         frame = table.read(piece)
         source = table.source(piece)
-        numeric = np.stack([numeric_column(frame, c, source) for c in config.features], axis=1) if config.features else (
-            np.zeros((len(frame), 0))
+        numeric = (
+            np.stack([numeric_column(frame, c, source) for c in config.features], axis=1)
+            if config.features
+            else (np.zeros((len(frame), 0)))
         )
         categories = {c: Counter(text_column(frame, c, source).tolist()) for c in config.categorical}
         revenue = numeric_column(frame, config.revenue, source)
         cost = numeric_column(frame, config.cost, source)
         if (cost < 0).any():
             row = int(np.flatnonzero(cost < 0)[0])
-            raise ValueError(f"{source}: column {config.cost!r} has negative cost {float(cost[row])} at data row {row + 1}")
+            raise ValueError(
+                f"{source}: column {config.cost!r} has negative cost {float(cost[row])} at data row {row + 1}"
+            )
         arms = np.bincount(treatment_index(frame, config, source), minlength=config.n_treatments)
         part = TableStats(
             len(frame),
