@@ -138,14 +138,14 @@ def main() -> None:
     results_path = work / "results.json"
     report: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
     parts = set(args.parts.split(","))
+    command = "python -m bench.train_scale " + " ".join(sys.argv[1:])
     if "timing" in parts:
-        report.update(timing(args, work, data, big, small))
+        report.update(timing(args, work, data, big, small), timing_command=command)
     if "quality" in parts:
-        report["quality"] = quality(args, work, data)
+        report.update(quality=quality(args, work, data), quality_command=command)
     results_path.write_text(json.dumps(report, indent=2))
     say(json.dumps(report, indent=2))
     if not args.no_write:
-        command = "python -m bench.train_scale " + " ".join(sys.argv[1:])
         write_section("train-scale", command, markdown(report))
 
 
@@ -187,8 +187,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "## Streamed, data-parallel training (1 vs 2 ranks)",
         "",
-        f"Load average (1/5/15 min) before the timing runs: {report.get('load_before')}; "
-        f"after: {report.get('load_after')}.",
+        f"Timing runs: `{report.get('timing_command')}`. Load average (1/5/15 min) of the 2-core machine "
+        f"before them: {report.get('load_before')}; after: {report.get('load_after')}.",
         "",
         "| run | ranks | table rows | rows trained | epoch s | rows/s | full epoch s | peak RSS per rank (MiB) |",
         "|---|---|---|---|---|---|---|---|",
@@ -199,6 +199,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{t['rows_per_s']:,.0f} | {t['full_epoch_s']:.0f} | {', '.join(str(v) for v in t['peak_rss_mb'])} |"
         )
     if report.get("quality"):
+        lines += ["", f"Quality runs: `{report.get('quality_command')}`."]
         lines += [
             "",
             "| method | ranks | true-value area per seed | mean | seed spread (max − min) |",
