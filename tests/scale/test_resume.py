@@ -25,7 +25,7 @@ from training.synthetic import SyntheticSpec, write_benchmark
 from training.train import TrainConfig
 
 
-class Crash(RuntimeError):
+class CrashError(RuntimeError):
     pass
 
 
@@ -40,7 +40,7 @@ class CrashingResume(ResumeState):
         super().save(state)
         self.left -= 1
         if self.left == 0:
-            raise Crash
+            raise CrashError
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_tsm_resumed_after_a_crash_ends_like_an_uninterrupted_run(synthetic: Any
     train = TrainConfig(method="tsm", epochs=4, hidden=(16, 16), patience=10)
     run = {"test": "tsm"}
     whole, whole_history = fit_single_level_streamed(data, net, val, train, ResumeState(None, run), progress=False)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         fit_single_level_streamed(data, net, val, train, CrashingResume(tmp_path, run, epochs=2), progress=False)
     resumed, history = fit_single_level_streamed(data, net, val, train, ResumeState(tmp_path, run), progress=False)
     states_equal(whole.state_dict(), resumed.state_dict())
@@ -94,7 +94,7 @@ def test_bidfcl_resumed_after_a_crash_ends_like_an_uninterrupted_run(synthetic: 
                        n_cg=10, teacher_epochs=2, hidden=(16, 16))  # fmt: skip
     run = {"test": "bidfcl"}
     whole, whole_history = fit_bidfcl_streamed(data, net, rct, val, cfg, ResumeState(None, run), progress=False)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         fit_bidfcl_streamed(data, net, rct, val, cfg, CrashingResume(tmp_path, run, epochs=2), progress=False)
     resumed, history = fit_bidfcl_streamed(data, net, rct, val, cfg, ResumeState(tmp_path, run), progress=False)
     states_equal(whole.state_dict(), resumed.state_dict())
@@ -103,14 +103,14 @@ def test_bidfcl_resumed_after_a_crash_ends_like_an_uninterrupted_run(synthetic: 
 
 @pytest.mark.parametrize("method", ["dfcl-pl", "bidfcl-ppl"])
 def test_streamed_cli_checkpoint_is_evaluated(synthetic: Any, tmp_path: Path, method: str) -> None:
-    out, paths = synthetic
+    _, paths = synthetic
     model = tmp_path / "model.pt"
     code = main(["train", "--stream", "--quiet", "--method", method, "--config", str(paths["config"]),
                  "--rct", str(paths["rct_train"]), "--obs", str(paths["obs"]), "--val", str(paths["rct_val"]),
                  "--out", str(model), "--epochs", "2", "--warm-start-epochs", "1", "--shuffle-buffer", "1000",
                  "--resume-dir", str(tmp_path / "resume")])  # fmt: skip
     assert code == 0
-    net, extra = load_checkpoint(str(model))
+    _, extra = load_checkpoint(str(model))
     assert extra["streamed"]["world_size"] == 1 and extra["method"] == method
     assert extra["encoding"]["categorical"]["city_tier"]
     assert (tmp_path / "resume" / "resume.pt").is_file()

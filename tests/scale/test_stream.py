@@ -103,7 +103,8 @@ def test_streaming_errors_name_the_input(synthetic: tuple[Path, DatasetConfig], 
     frame.loc[1203, "cost"] = -1.0
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "bad.parquet", row_group_size=1000)
     table = ParquetTable(tmp_path / "bad.parquet", training_columns(config))
-    with pytest.raises(ValueError, match=r"bad.parquet \(row group 1, rows 0..999\): column 'cost' has negative cost -1.0 at data row 204"):
+    where = r"bad.parquet \(row group 1, rows 0..999\): column 'cost' has negative cost -1.0 at data row 204"
+    with pytest.raises(ValueError, match=where):
         scan_all(table, config)
 
 
