@@ -102,6 +102,7 @@ def timing_row(label: str, ranks: int, rows_total: int, info: dict[str, Any], wa
         "run": label, "ranks": ranks, "table_rows": rows_total, "rows_trained": rows, "epoch_s": seconds,
         "rows_per_s": rows / seconds, "full_epoch_s": rows_total / (rows / seconds), "wall_s": wall,
         "peak_rss_mb": [round(float(v), 1) for v in info["streamed"]["peak_rss_mb"]],
+        "cg_iterations": [float(v) for v in info["history"].get("cg_iterations", [])],
     }  # fmt: skip
 
 
@@ -123,7 +124,9 @@ def main() -> None:
     parser.add_argument("--quality-epochs", type=int, default=6)
     parser.add_argument("--work", type=Path, default=Path("runs/train-scale"))
     parser.add_argument(
-        "--parts", default="timing,quality", help="timing, quality or both; a part not run keeps its last results"
+        "--parts",
+        default="timing,quality",
+        help="timing, quality, both, or none (re-render docs/benchmarks.md); a part not run keeps its last results",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
     args = parser.parse_args()
@@ -146,7 +149,9 @@ def main() -> None:
     results_path.write_text(json.dumps(report, indent=2))
     say(json.dumps(report, indent=2))
     if not args.no_write:
-        write_section("train-scale", command, markdown(report))
+        # The commands that produced the numbers (`--parts none` only re-renders the stored results).
+        made_by = [c for c in (report.get("timing_command"), report.get("quality_command")) if c]
+        write_section("train-scale", " ; ".join(dict.fromkeys(made_by)) or command, markdown(report))
 
 
 def timing(args: argparse.Namespace, work: Path, data: Path, big: Path, small: Path) -> dict[str, Any]:
@@ -183,6 +188,47 @@ def quality(args: argparse.Namespace, work: Path, data: Path) -> list[dict[str, 
     return results
 
 
+def _row(report: dict[str, Any], run: str, ranks: int, rows: int | None = None) -> dict[str, Any] | None:
+    found = [t for t in report.get("timings", []) if t["run"] == run and t["ranks"] == ranks]
+    found = [t for t in found if rows is None or t["table_rows"] == rows]
+    return found[-1] if found else None
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """The issue's criteria, computed from the rows above (ratios within this one run)."""
+    out = []
+    rows = max((t["table_rows"] for t in report.get("timings", [])), default=0)
+    small = min((t["table_rows"] for t in report.get("timings", [])), default=0)
+    for run in ("tsm", "bidfcl-ppl"):
+        one, two = _row(report, run, 1, rows), _row(report, run, 2, rows)
+        if one and two:
+            out.append(
+                f"- {run}, {rows:,} rows: 2 ranks train {two['rows_per_s'] / one['rows_per_s']:.2f}× the rows/s of "
+                f"1 rank" + (" (target for tsm: ≥ 1.6×)." if run == "tsm" else ".")
+            )
+    for ranks in (1, 2):
+        big, little = _row(report, "tsm", ranks, rows), _row(report, "tsm", ranks, small)
+        if big and little and rows != small:
+            ratio = max(big["peak_rss_mb"]) / max(little["peak_rss_mb"])
+            out.append(
+                f"- tsm, {ranks} rank(s): peak RSS per rank with {rows:,} rows is {ratio:.2f}× that with "
+                f"{small:,} rows (target ≤ 1.5×)."
+            )
+    for method in dict.fromkeys(q["method"] for q in report.get("quality", [])):
+        areas = {
+            r: [q["true_area"] for q in report["quality"] if q["method"] == method and q["ranks"] == r] for r in (1, 2)
+        }
+        if areas[1] and areas[2]:
+            gap = abs(float(np.mean(areas[2])) - float(np.mean(areas[1])))
+            spread = max(max(a) - min(a) for a in areas.values())
+            verdict = "within" if gap <= spread else "outside"
+            out.append(
+                f"- {method}: mean true-value area 1 vs 2 ranks differs by {gap:.4f}, {verdict} the seed-to-seed "
+                f"spread ({spread:.4f})."
+            )
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "## Streamed, data-parallel training (1 vs 2 ranks)",
@@ -198,6 +244,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {t['run']} | {t['ranks']} | {t['table_rows']:,} | {t['rows_trained']:,} | {t['epoch_s']:.1f} | "
             f"{t['rows_per_s']:,.0f} | {t['full_epoch_s']:.0f} | {', '.join(str(v) for v in t['peak_rss_mb'])} |"
         )
+    lines += ["", *summary(report)]
     if report.get("quality"):
         lines += ["", f"Quality runs: `{report.get('quality_command')}`."]
         lines += [
