@@ -188,6 +188,23 @@ def quality(args: argparse.Namespace, work: Path, data: Path) -> list[dict[str, 
     return results
 
 
+NOTES = [
+    "How to read this. The machine has 2 cores shared by ~7 engineers' jobs (see the load average): each rank "
+    "gets a fluctuating fraction of a core, so absolute rows/s are depressed and a 2-rank run may get more or less "
+    "than twice the CPU of the 1-rank run minutes earlier; the ratios are indicative, not a property of the code. "
+    "`epoch s` is the trainer's own epoch clock (reading, decoding and training; no validation); `full epoch s` "
+    "extrapolates the Bi-DFCL rows, which run only `--bidfcl-steps` batches per rank, to the whole table. Peak "
+    "RSS is `ru_maxrss` of each rank at the end of training (the torch runtime alone is ≈ 0.4–0.5 GiB).",
+    "",
+    "What limits Bi-DFCL's scaling: besides the one gradient all-reduce of every lower step (all tsm needs), each "
+    "upper step (one per k = 5 batches) synchronises the ranks 5 times for the DDP steps of θ′, once to gather "
+    "the RCT predictions for λ*, once for ∇L_up, once per CG iteration (the Hessian-vector products) and once for "
+    "Jᵀv. These are small, latency-bound collectives, each a rendezvous of both processes; on an oversubscribed "
+    "CPU each one waits for the other rank to be scheduled. They are what makes the two-rank step exactly the "
+    "one-process step on the union of the batches (`tests/scale/test_two_ranks.py`).",
+]
+
+
 def _row(report: dict[str, Any], run: str, ranks: int, rows: int | None = None) -> dict[str, Any] | None:
     found = [t for t in report.get("timings", []) if t["run"] == run and t["ranks"] == ranks]
     found = [t for t in found if rows is None or t["table_rows"] == rows]
@@ -244,7 +261,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {t['run']} | {t['ranks']} | {t['table_rows']:,} | {t['rows_trained']:,} | {t['epoch_s']:.1f} | "
             f"{t['rows_per_s']:,.0f} | {t['full_epoch_s']:.0f} | {', '.join(str(v) for v in t['peak_rss_mb'])} |"
         )
-    lines += ["", *summary(report)]
+    lines += ["", *summary(report), "", *NOTES]
+    cg = [v for t in report.get("timings", []) if t["run"] == "bidfcl-ppl" for v in t.get("cg_iterations", [])]
+    if cg:
+        lines.append(f"Mean CG iterations per upper step in the Bi-DFCL timing runs: {np.mean(cg):.1f}.")
     if report.get("quality"):
         lines += ["", f"Quality runs: `{report.get('quality_command')}`."]
         lines += [
