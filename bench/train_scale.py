@@ -146,6 +146,8 @@ def main() -> None:
         report.update(timing(args, work, data, big, small), timing_command=command)
     if "quality" in parts:
         report.update(quality=quality(args, work, data), quality_command=command)
+    if "quality-matched" in parts:
+        report.update(quality_matched=quality(args, work, data, matched=True), quality_matched_command=command)
     results_path.write_text(json.dumps(report, indent=2))
     say(json.dumps(report, indent=2))
     if not args.no_write:
@@ -171,8 +173,19 @@ def timing(args: argparse.Namespace, work: Path, data: Path, big: Path, small: P
     return {"timings": timings, "load_before": load_before, "load_after": load_average()}
 
 
-def quality(args: argparse.Namespace, work: Path, data: Path) -> list[dict[str, Any]]:
-    """Part 3 of the module docstring: true-value areas after `--quality-epochs` epochs, 1 vs 2 ranks."""
+# Per-rank batches whose union over 2 ranks is the method's default batch (TrainConfig, BiDFCLConfig).
+HALF_BATCHES = {
+    "tsm-obs": ["--batch-size", "128"],
+    "bidfcl-ppl": ["--obs-batch-size", "128", "--rct-batch-size", "512"],
+}
+
+
+def quality(args: argparse.Namespace, work: Path, data: Path, matched: bool = False) -> list[dict[str, Any]]:
+    """Part 3 of the module docstring: true-value areas after `--quality-epochs` epochs, 1 vs 2 ranks.
+
+    matched: 2 ranks use half the per-rank batches (tsm 128, Bi-DFCL OBS 128 / RCT 512), so their union is the
+    1-rank batch and both take the same optimiser steps per epoch.
+    """
     results: list[dict[str, Any]] = []
     obs = data / "obs.parquet"
     epochs = ["--epochs", str(args.quality_epochs)]
@@ -180,9 +193,10 @@ def quality(args: argparse.Namespace, work: Path, data: Path) -> list[dict[str, 
     for seed in range(args.seeds):
         for method, extra in runs:
             for ranks in (1, 2):
-                model = work / f"q-{method}-{seed}-{ranks}.pt"
-                train(ranks, method, obs, data, model, seed, extra)
-                area = true_area(model, method, data, work / f"q-{method}-{seed}-{ranks}")
+                name = f"q{'m' if matched else ''}-{method}-{seed}-{ranks}"
+                halves = HALF_BATCHES[method] if matched and ranks == 2 else []
+                train(ranks, method, obs, data, work / f"{name}.pt", seed, [*extra, *halves])
+                area = true_area(work / f"{name}.pt", method, data, work / name)
                 results.append({"method": method, "seed": seed, "ranks": ranks, "true_area": area})
                 say(json.dumps(results[-1]))
     return results
@@ -235,17 +249,24 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"- tsm, {ranks} rank(s): peak RSS per rank with {rows:,} rows is {ratio:.2f}× that with "
                 f"{small:,} rows (target ≤ 1.5×)."
             )
-    for method in dict.fromkeys(q["method"] for q in report.get("quality", [])):
-        areas = {
-            r: [q["true_area"] for q in report["quality"] if q["method"] == method and q["ranks"] == r] for r in (1, 2)
-        }
+    for key, label in (("quality", ""), ("quality_matched", ", half batches on 2 ranks")):
+        out += quality_summary(report.get(key, []), label)
+    return out
+
+
+def quality_summary(results: list[dict[str, Any]], label: str) -> list[str]:
+    out = []
+    for method in dict.fromkeys(q["method"] for q in results):
+        areas = {r: [q["true_area"] for q in results if q["method"] == method and q["ranks"] == r] for r in (1, 2)}
         if areas[1] and areas[2]:
             gap = abs(float(np.mean(areas[2])) - float(np.mean(areas[1])))
             spread = max(max(a) - min(a) for a in areas.values())
             verdict = "within" if gap <= spread else "outside"
+            below = sum(b < min(areas[1]) for b in areas[2])
             out.append(
-                f"- {method}: mean true-value area 1 vs 2 ranks differs by {gap:.4f}, {verdict} the seed-to-seed "
-                f"spread ({spread:.4f})."
+                f"- {method}{label}: mean true-value area 1 vs 2 ranks differs by {gap:.4f}, {verdict} the larger "
+                f"seed-to-seed spread ({spread:.4f}); {below} of {len(areas[2])} 2-rank seeds are below every "
+                "1-rank seed."
             )
     return out
 
@@ -269,21 +290,30 @@ def markdown(report: dict[str, Any]) -> str:
     cg = [v for t in report.get("timings", []) if t["run"] == "bidfcl-ppl" for v in t.get("cg_iterations", [])]
     if cg:
         lines.append(f"Mean CG iterations per upper step in the Bi-DFCL timing runs: {np.mean(cg):.1f}.")
-    if report.get("quality"):
-        lines += ["", f"Quality runs: `{report.get('quality_command')}`."]
-        lines += [
-            "",
-            "| method | ranks | true-value area per seed | mean | seed spread (max − min) |",
-            "|---|---|---|---|---|",
-        ]
-        for method in dict.fromkeys(q["method"] for q in report["quality"]):
-            for ranks in (1, 2):
-                areas = [q["true_area"] for q in report["quality"] if q["method"] == method and q["ranks"] == ranks]
-                lines.append(
-                    f"| {method} | {ranks} | {', '.join(f'{a:.4f}' for a in areas)} | {np.mean(areas):.4f} | "
-                    f"{max(areas) - min(areas):.4f} |"
-                )
+    for key, title in (
+        ("quality", "the method's batch on every rank (2 ranks: half the steps per epoch)"),
+        ("quality_matched", "2 ranks on half batches (the same steps per epoch and union batch as 1 rank)"),
+    ):
+        if report.get(key):
+            lines += ["", *quality_table(report[key], title, report.get(f"{key}_command"))]
     return "\n".join(lines)
+
+
+def quality_table(results: list[dict[str, Any]], title: str, command: str | None) -> list[str]:
+    lines = [f"Decision quality, {title}: `{command}`."]
+    lines += [
+        "",
+        "| method | ranks | true-value area per seed | mean | seed spread (max − min) |",
+        "|---|---|---|---|---|",
+    ]
+    for method in dict.fromkeys(q["method"] for q in results):
+        for ranks in (1, 2):
+            areas = [q["true_area"] for q in results if q["method"] == method and q["ranks"] == ranks]
+            lines.append(
+                f"| {method} | {ranks} | {', '.join(f'{a:.4f}' for a in areas)} | {np.mean(areas):.4f} | "
+                f"{max(areas) - min(areas):.4f} |"
+            )
+    return lines
 
 
 if __name__ == "__main__":

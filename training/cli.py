@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="training epochs (method default if omitted)")
     p.add_argument("--batch-size", type=int, help="mini-batch rows (single-level methods)")
+    p.add_argument("--obs-batch-size", type=int, help="Bi-DFCL: OBS rows per lower step (per rank under torchrun)")
+    p.add_argument("--rct-batch-size", type=int, help="Bi-DFCL: RCT rows per upper step (per rank under torchrun)")
     p.add_argument("--lr", type=float, help="learning rate (single-level methods)")
     p.add_argument("--alpha", type=float, help="DFCL: weight of the prediction loss")
     p.add_argument("--tau", type=float, help="softmax temperature (MER, PPL)")

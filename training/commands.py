@@ -134,6 +134,8 @@ def run_train(args: argparse.Namespace) -> None:
         "tau": args.tau,
         "lams": tuple(args.lams) if args.lams else None,
         "n_cg": args.n_cg,
+        "obs_batch_size": args.obs_batch_size,
+        "rct_batch_size": args.rct_batch_size,
         "validation": args.validation,
         "warm_start_epochs": args.warm_start_epochs,
     }

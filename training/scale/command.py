@@ -127,6 +127,7 @@ def _train(args: argparse.Namespace, me: ranks.Ranks, say: Callable[[str], None]
     overrides = {
         "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "alpha": args.alpha,
         "tau": args.tau, "lams": tuple(args.lams) if args.lams else None, "n_cg": args.n_cg,
+        "obs_batch_size": args.obs_batch_size, "rct_batch_size": args.rct_batch_size,
         "validation": args.validation, "warm_start_epochs": args.warm_start_epochs,
     }  # fmt: skip
     method = method_config(args.method, overrides)
