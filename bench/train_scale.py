@@ -143,6 +143,9 @@ def main() -> None:
     parts = set(args.parts.split(","))
     command = "python -m bench.train_scale " + " ".join(sys.argv[1:])
     if "timing" in parts:
+        if report.get("timings"):  # keep what earlier timing runs measured: their load differs, say so
+            earlier = {k: report[k] for k in ("timings", "load_before", "load_after", "timing_command")}
+            report["earlier_timings"] = [*report.get("earlier_timings", []), earlier]
         report.update(timing(args, work, data, big, small), timing_command=command)
     if "quality" in parts:
         report.update(quality=quality(args, work, data), quality_command=command)
@@ -286,7 +289,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {t['run']} | {t['ranks']} | {t['table_rows']:,} | {t['rows_trained']:,} | {t['epoch_s']:.1f} | "
             f"{t['rows_per_s']:,.0f} | {t['full_epoch_s']:.0f} | {', '.join(str(v) for v in t['peak_rss_mb'])} |"
         )
-    lines += ["", *summary(report), "", *NOTES]
+    lines += ["", *summary(report)]
+    for earlier in report.get("earlier_timings", []):
+        lines += ["", f"An earlier timing run (load average before/after: {earlier['load_before']} / "
+                  f"{earlier['load_after']}) measured:", *summary({"timings": earlier["timings"]})]  # fmt: skip
+    lines += ["", *NOTES]
     cg = [v for t in report.get("timings", []) if t["run"] == "bidfcl-ppl" for v in t.get("cg_iterations", [])]
     if cg:
         lines.append(f"Mean CG iterations per upper step in the Bi-DFCL timing runs: {np.mean(cg):.1f}.")
