@@ -155,7 +155,8 @@ def main() -> None:
     say(json.dumps(report, indent=2))
     if not args.no_write:
         # The commands that produced the numbers (`--parts none` only re-renders the stored results).
-        made_by = [c for c in (report.get("timing_command"), report.get("quality_command")) if c]
+        keys = ("timing_command", "quality_command", "quality_matched_command")
+        made_by = [report[k] for k in keys if report.get(k)]
         write_section("train-scale", " ; ".join(dict.fromkeys(made_by)) or command, markdown(report))
 
 
