@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     serve_unknown_campaigns: bool = Field(
         default=False, description="serve campaigns with no budget the manifest's default λ (else 404)"
     )
+    decision_log_capacity: int = Field(
+        default=200_000, gt=0, description="decisions buffered in memory for the log; beyond it they are dropped"
+    )
+    decision_stream_maxlen: int = Field(
+        default=5_000_000, gt=0, description="approximate length cap of each campaign's decision stream"
+    )
+    decision_ship_rows: int = Field(default=5_000, gt=0, description="decisions per pipelined write to Redis")
 
     @field_validator("log_level")
     @classmethod

@@ -175,7 +175,8 @@ class LambdaTable:
             return Served(record.lam, record.version, "store", record)
         # Solved on another model's predictions: re-solve the same budget with this model before serving it.
         try:
-            lam = self.solver.solve(record.budget_per_capita).lam
+            # More than this model can spend buys its revenue-maximising policy (the old one may spend more).
+            lam = self.solver.solve(min(record.budget_per_capita, self.solver.max_spend_per_capita)).lam
             source = f"store, re-solved for model {self.solver.model_version}"
         except BudgetError:
             lam = self.solver.cheapest_lambda()

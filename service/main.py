@@ -20,7 +20,7 @@ from service import openapi
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
 from service.guards import DrainState, Guard
-from service.routes import allocate, budget, system
+from service.routes import allocate, budget, exploration, system
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import problems
 
@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(WriteOutcomeUnknownError, _write_outcome_unknown)
     app.include_router(allocate.router)
     app.include_router(budget.router)
+    app.include_router(exploration.router)
     app.include_router(system.router)
     openapi.install(app)
     return app

@@ -142,10 +142,12 @@ def encode_allocations(
     cost: NDArray[np.float32],
     treatment_names: list[str],
     header: dict[str, Any],
+    decision_ids: list[str] | None = None,
 ) -> bytes:
     """The /allocate response body: `header` fields plus one allocation per individual, in request order.
 
-    treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm.
+    treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm; decision_ids
+    (N,), when given, are returned per allocation so outcomes can be attributed to decisions.
     """
     rows = np.arange(len(treatment))
     chosen_revenue = revenue[rows, treatment].tolist()
@@ -154,4 +156,7 @@ def encode_allocations(
         {"id": i, "treatment": t, "treatment_name": treatment_names[t], "expected_revenue": r, "expected_cost": c}
         for i, t, r, c in zip(ids, treatment.tolist(), chosen_revenue, chosen_cost, strict=True)
     ]
+    if decision_ids is not None:
+        for allocation, decision_id in zip(allocations, decision_ids, strict=True):
+            allocation["decision_id"] = decision_id
     return orjson.dumps({"allocations": allocations, **header})

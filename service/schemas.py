@@ -41,6 +41,7 @@ class Allocation(BaseModel):
     treatment_name: str
     expected_revenue: float
     expected_cost: float
+    decision_id: str = Field(description="id of this decision in the decision log: report outcomes against it")
 
 
 class AllocateResponse(BaseModel):
@@ -168,6 +169,18 @@ def budget_body_schema() -> dict[str, Any]:
         "additionalProperties": False,
     }
     return {"oneOf": [per_capita, total]}
+
+
+class ExplorationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="share of decisions explored, 0..1")
+
+
+class ExplorationOut(BaseModel):
+    campaign: str
+    epsilon: float
+    updated_at: str | None = Field(description="when it was set (PUT only)")
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

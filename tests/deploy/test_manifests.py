@@ -356,3 +356,24 @@ def test_distributed_training_is_an_indexed_job_with_a_headless_rendezvous() -> 
     data = next(m for m in container["volumeMounts"] if m["mountPath"] == env["DATA_DIR"])
     assert data["readOnly"] is True
     assert _one("PersistentVolumeClaim", claims[data["name"]])["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_sink_writes_to_its_volume_and_may_reach_redis() -> None:
+    sink = _one("Deployment", "dfcl-allocator-sink")
+    pod = _pod_spec(sink)
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "service.sink"]
+    out = command[command.index("--out") + 1]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == out)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = _one("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # the training Job reads what the sink writes
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][-2:] == ["--check-heartbeat", "/tmp/sink-heartbeat"]
+    assert command[command.index("--heartbeat") + 1] == "/tmp/sink-heartbeat"
+    labels = sink["spec"]["template"]["metadata"]["labels"]
+    policy = _one("NetworkPolicy", "redis-from-allocator")
+    allowed = [rule["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"][0]["from"]]
+    assert any(selector.items() <= labels.items() for selector in allowed)
+    assert container["envFrom"] == [{"configMapRef": {"name": "allocator-config"}}]  # ALLOCATOR_REDIS_URL
