@@ -17,6 +17,7 @@ from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
 from service.state import LambdaStore, open_store
 from service.sync import resync, supervise_sync
+from service.workers import onnx_threads
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     A broken artifact raises ValueError (the process refuses to start); an unreachable Redis does not: the
     replica starts unready and the sync task keeps trying.
     """
-    artifact = load_artifact(settings.model_dir, threads=settings.threads)
+    artifact = load_artifact(settings.model_dir, threads=onnx_threads(settings))
     manifest = artifact.manifest
     solver = BudgetSolver(artifact)
     table = LambdaTable(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -48,6 +49,7 @@ async def read_readiness(
     body = {
         "ready": table.synced and not draining,
         "draining": draining,
+        "process_id": os.getpid(),  # which worker process answered (ALLOCATOR_WORKERS > 1 share one port)
         "model_version": artifact.model_version,
         "store": store.backend,
         "store_up": table.store_up,

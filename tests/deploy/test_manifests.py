@@ -377,3 +377,17 @@ def test_sink_writes_to_its_volume_and_may_reach_redis() -> None:
     allowed = [rule["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"][0]["from"]]
     assert any(selector.items() <= labels.items() for selector in allowed)
     assert container["envFrom"] == [{"configMapRef": {"name": "allocator-config"}}]  # ALLOCATOR_REDIS_URL
+
+
+def _cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_worker_count_matches_the_pod_cpus() -> None:
+    data = _one("ConfigMap", "allocator-config")["data"]
+    workers, threads = int(data["ALLOCATOR_WORKERS"]), int(data["ALLOCATOR_THREADS"])
+    resources = _pod_spec(_one("Deployment", "dfcl-allocator"))["containers"][0]["resources"]
+    requested, limit = _cpus(resources["requests"]["cpu"]), _cpus(resources["limits"]["cpu"])
+    # Each worker runs one event loop and `threads` onnxruntime threads: one core each, never throttled below.
+    assert requested == limit == workers * threads, (workers, threads, resources)
+    assert workers > 1 and data["ALLOCATOR_REDIS_URL"], "several workers share λ* through Redis"
