@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train", help="train one method and save a checkpoint")
-    p.add_argument("--method", required=True, help="one of: " + ", ".join(commands.method_names()))
+    p.add_argument("--method", required=True, choices=commands.method_names(), help="the method to train")
     p.add_argument("--config", required=True, type=Path, help="dataset config (TOML)")
     p.add_argument("--rct", type=Path, help="RCT training logs")
     p.add_argument("--obs", type=Path, help="observational logs (tsm-obs, bidfcl-*)")
@@ -74,18 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="training epochs (method default if omitted)")
-    p.add_argument("--batch-size", type=int, help="mini-batch rows (single-level methods)")
-    p.add_argument("--lr", type=float, help="learning rate (single-level methods)")
-    p.add_argument("--alpha", type=float, help="DFCL: weight of the prediction loss")
-    p.add_argument("--tau", type=float, help="softmax temperature (MER, PPL)")
-    p.add_argument("--lams", type=_floats, help="DFCL: comma-separated λ values (default: from budgets)")
-    p.add_argument("--n-cg", type=int, help="Bi-DFCL: conjugate-gradient iterations")
+    p.add_argument("--batch-size", type=int, help="mini-batch rows (tsm, tsm-obs, dfcl-*)")
+    p.add_argument("--lr", type=float, help="learning rate (tsm, tsm-obs, dfcl-*)")
+    p.add_argument("--alpha", type=float, help="dfcl-*: weight of the prediction loss")
+    p.add_argument("--tau", type=float, help="softmax temperature (dfcl-mer, bidfcl-ppl/-pifd/-ppl-explicit)")
+    p.add_argument("--lams", type=_floats, help="dfcl-*: comma-separated λ values (default: from budgets)")
+    p.add_argument("--n-cg", type=int, help="bidfcl-ppl/-pifd: conjugate-gradient iterations")
+    p.add_argument("--cg-tol", type=float, help="bidfcl-ppl/-pifd: CG relative residual tolerance")
+    p.add_argument("--damping", type=float, help="bidfcl-ppl/-pifd: δ in (H + δI)v = ∇L_up")
+    p.add_argument("--k-steps", type=int, help="bidfcl-ppl/-pifd/-ppl-explicit: lower steps before each upper step")
     p.add_argument(
         "--validation",
         choices=["dr", "ipw"],
         help="DFCL/Bi-DFCL checkpoint score on validation: doubly robust (default) or the IPW EOM area",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = "An option the chosen method does not use is an error, never silently ignored."
 
     p = sub.add_parser("evaluate", help="EOM cost curves of one or more checkpoints on held-out RCT data")
     p.add_argument("--model", required=True, action="append", type=Path, help="checkpoint (repeat to compare)")

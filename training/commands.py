@@ -21,7 +21,7 @@ from training.default_model import build_default_model
 from training.evaluate import budget_grid, eom_curve
 from training.export import export_artifact
 from training.hybrid import build_hybrid
-from training.methods import METHODS, get_method, train_method
+from training.methods import METHODS, get_method, method_config, train_method
 from training.network import OutcomeNet, load_checkpoint, predict, save_checkpoint
 from training.report import format_table, write_report
 from training.synthetic import SyntheticSpec, write_benchmark
@@ -116,9 +116,6 @@ def validation_metrics(model: OutcomeNet, val: Logs) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    get_method(args.method)
-    config = DatasetConfig.load(args.config)
-    rct, obs, val, encoding = load_splits(config, args.rct, args.obs, args.val, args.seed)
     overrides = {
         "seed": args.seed,
         "epochs": args.epochs,
@@ -128,8 +125,14 @@ def run_train(args: argparse.Namespace) -> None:
         "tau": args.tau,
         "lams": tuple(args.lams) if args.lams else None,
         "n_cg": args.n_cg,
+        "cg_tol": args.cg_tol,
+        "damping": args.damping,
+        "k_steps": args.k_steps,
         "validation": args.validation,
     }
+    method_config(args.method, overrides)  # an option the method does not use fails before any data is read
+    config = DatasetConfig.load(args.config)
+    rct, obs, val, encoding = load_splits(config, args.rct, args.obs, args.val, args.seed)
     model, info = train_method(
         args.method, rct_train=rct, rct_val=val, obs=obs, overrides=overrides, progress=not args.quiet
     )
