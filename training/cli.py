@@ -64,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="dataset config (TOML) naming its columns")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    for name, default, what in (
+        ("policy-train", 0.05, "fit the logging policy's ridge model (then discarded)"),
+        ("policy-apply", 0.50, "are logged by that policy: rows whose random arm matches it become OBS"),
+        ("rct-train", 0.05, "become RCT training rows"),
+        ("rct-val", 0.10, "become RCT validation rows"),
+        ("rct-test", 0.30, "become RCT test rows"),
+    ):
+        p.add_argument(f"--{name}", type=float, default=default, help=f"share of input rows that {what} ({default})")
+    p.add_argument("--top-share", type=float, default=0.5, help="share the logging policy targets with a coupon (0.5)")
+    p.add_argument("--ridge-alpha", type=float, default=1.0, help="ridge penalty of the policy's model (1.0)")
+    p.add_argument("--format", default="parquet", choices=["parquet", "csv", "csv.gz"])
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2, nothing written) when an arm is empty or thin in a split or the policy is worse "
+        "than random; without it those are printed as warnings",
+    )
 
     p = sub.add_parser("train", help="train one method and save a checkpoint")
     p.add_argument("--method", required=True, choices=commands.method_names(), help="the method to train")
@@ -91,7 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.epilog = "An option the chosen method does not use is an error, never silently ignored."
 
-    p = sub.add_parser("evaluate", help="EOM cost curves of one or more checkpoints on held-out RCT data")
+    p = sub.add_parser(
+        "evaluate",
+        help="EOM cost curves of one or more checkpoints on held-out RCT data",
+        description="EOM cost curves of one or more checkpoints on held-out RCT data (METHOD.md §7).",
+        epilog="Budget grid (default): --levels per-capita budgets evenly spaced from the cost of giving everyone "
+        "the control arm to the cost of giving everyone the dearest arm, estimated from the test rows' arm means "
+        "(training.evaluate.budget_grid). At each budget the policy argmax_j (r̂ − λĉ) is cut before the first "
+        "policy whose IPW cost exceeds it. The area of a cost curve is the mean per-capita revenue over the "
+        "budget levels (the rectangle rule on the evenly spaced grid), so areas are in revenue per customer.",
+    )
     p.add_argument("--model", required=True, action="append", type=Path, help="checkpoint (repeat to compare)")
     p.add_argument("--test", required=True, type=Path, help="RCT test logs (oracle columns used when present)")
     p.add_argument("--config", type=Path, help="dataset config (default: the one saved in the checkpoint)")
