@@ -167,4 +167,3 @@ def test_thin_arms_are_warned_about_and_refused_when_strict(
     assert cli.main([*argv, "--out", str(tmp_path / "strict"), "--strict"]) == 2
     err = capsys.readouterr().err
     assert "unusable" in err and thin[0] in err and not (tmp_path / "strict").exists()
-

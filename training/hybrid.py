@@ -211,7 +211,7 @@ def build_hybrid(
     if fmt not in ("parquet", "csv", "csv.gz"):
         raise ValueError(f"fmt must be 'parquet', 'csv' or 'csv.gz', got {fmt!r}")
     source = str(input_path)
-    frame = read_table(input_path, text_columns=[*config.categorical, config.treatment])
+    frame = read_table(input_path, text_columns=[*config.categorical, *config.boolean_columns, config.treatment])
     logs = logs_from_frame(frame, config, source=source)  # validates every row of the input
 
     order = np.random.default_rng(seed).permutation(logs.n_rows)  # (N,) shuffled row indices
