@@ -181,7 +181,9 @@ class CategoricalEncoding:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CategoricalEncoding:
         if not {"numeric", "categorical"} <= set(data) <= {"numeric", "categorical", "boolean"}:
-            raise ValueError(f"encoding must have keys 'numeric' and 'categorical' (and optionally 'boolean'), got {sorted(data)}")
+            raise ValueError(
+                f"encoding must have keys 'numeric' and 'categorical' (and optionally 'boolean'), got {sorted(data)}"
+            )
         categorical = data["categorical"]
         if not isinstance(categorical, Mapping):
             raise ValueError(f"encoding 'categorical' must map column → list of categories, got {categorical!r}")
