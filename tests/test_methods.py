@@ -83,3 +83,11 @@ def test_train_cli_lists_the_methods(capsys: pytest.CaptureFixture[str]) -> None
         cli.main(["train", "--method", "dfcl", "--config", "c.toml", "--out", "m.pt"])
     err = capsys.readouterr().err
     assert "invalid choice: 'dfcl'" in err and "bidfcl-ppl-explicit" in err
+
+
+def test_evaluate_help_states_the_budget_grid_and_the_area(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "evenly spaced from the cost of giving everyone the cheapest arm" in text
+    assert "mean per-capita revenue over the budget levels" in text

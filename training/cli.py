@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="EOM cost curves of one or more checkpoints on held-out RCT data",
         description="EOM cost curves of one or more checkpoints on held-out RCT data (METHOD.md §7).",
         epilog="Budget grid (default): --levels per-capita budgets evenly spaced from the cost of giving everyone "
-        "the control arm to the cost of giving everyone the dearest arm, estimated from the test rows' arm means "
-        "(training.evaluate.budget_grid). At each budget the policy argmax_j (r̂ − λĉ) is cut before the first "
+        "the cheapest arm (excluded: that policy is trivial) up to the cost of giving everyone the dearest arm, "
+        "from the test rows' arm mean costs (true costs on oracle sets; training.evaluate.budget_grid). "
+        "At each budget the policy argmax_j (r̂ − λĉ) is cut before the first "
         "policy whose IPW cost exceeds it. The area of a cost curve is the mean per-capita revenue over the "
         "budget levels (the rectangle rule on the evenly spaced grid), so areas are in revenue per customer.",
     )
