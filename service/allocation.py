@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -11,14 +13,18 @@ from service.artifact import Artifact
 from service.decision import BudgetError, choose
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
-from service.payload import AllocateBatch, encode_allocations
+from service.payload import AllocateBatch, decode_allocate, encode_allocations
 from service.schemas import BudgetOut, BudgetRequest, LambdaOut
-from service.state import LambdaStore
+from service.state import LambdaStore, WriteRequest
+
+if TYPE_CHECKING:  # the runtime imports the routes' helpers' modules; only its type is needed here
+    from service.runtime import Runtime
 
 
 def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[bytes, NDArray[np.int64]]:
     """The /allocate response body and the (N,) chosen treatments: argmax_j (r̂ − λ*·ĉ) per individual."""
     revenue, cost = artifact.predict(batch.features)  # (N, K) each
+    _check_predictions(revenue, cost)
     treatment = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
     header = {
         "campaign": batch.campaign,
@@ -28,6 +34,47 @@ def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[
     }
     body = encode_allocations(batch.ids, treatment, revenue, cost, artifact.manifest.treatment_names, header)
     return body, treatment
+
+
+def _check_predictions(revenue: NDArray[np.float32], cost: NDArray[np.float32]) -> None:
+    """422 for the first individual whose predictions are not finite: its (finite) features are so far outside
+    what the model was trained on that its float32 arithmetic overflows. Never a 500 for what a client sent."""
+    finite = np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)  # (N,)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise RequestError(
+            f"individuals[{row}].features",
+            "values so far outside the model's training range that its predictions overflow",
+        )
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """What one /allocate call decided: the response body and what the route records about it."""
+
+    campaign: str
+    content: bytes
+    treatment: NDArray[np.int64]  # (N,) chosen arm per individual
+    served: Served
+    unseen_categories: int
+
+
+def allocate_body(body: bytes, runtime: Runtime) -> Allocated:
+    """Decode, score and answer one /allocate body; pure CPU work, safe to run in a worker thread."""
+    artifact = runtime.artifact
+    refusal: tuple[str, str, int] | None = None
+    try:
+        batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
+        served = runtime.table.serving(batch.campaign)
+        content, treatment = allocate(batch, artifact, served)
+    except RequestError as error:
+        # Raised again outside this block: the original's traceback holds the frames with the decoded body
+        # (up to ~25× its size), which would stay alive while the error travels to the event loop and the
+        # next batch is decoded.
+        refusal = (error.field, error.message, error.status)
+    if refusal is not None:
+        raise RequestError(*refusal)
+    return Allocated(batch.campaign, content, treatment, served, batch.unseen_categories)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -51,20 +98,35 @@ def lambda_out(campaign: str, served: Served, model_version: str) -> LambdaOut:
     )
 
 
-async def set_budget(request: BudgetRequest, solver: BudgetSolver, store: LambdaStore, table: LambdaTable) -> BudgetOut:
-    """Solve λ* exactly for the budget, store it with the next version (announced), and serve it here at once."""
+async def set_budget(
+    request: BudgetRequest, solver: BudgetSolver, store: LambdaStore, table: LambdaTable, request_id: str
+) -> BudgetOut:
+    """Solve λ* exactly for the budget, store it with the next version (announced), and serve it here at once.
+
+    The answer describes the record this call stored (or, for a retried `request_id`, the one its first call
+    stored), never whatever another concurrent call stored since.
+    """
     started = time.perf_counter()
+    field = "budget_per_capita" if request.budget_per_capita is not None else "total_budget"
     try:
         solution = solver.solve(request.per_capita)
     except BudgetError as error:
-        field = "budget_per_capita" if request.budget_per_capita is not None else "total_budget"
         raise RequestError(field, str(error)) from error
     solve_ms = 1e3 * (time.perf_counter() - started)
     record = solver.record(request.campaign, request.per_capita, solution)
-    stored = await store.put(record, after_version=table.current(request.campaign).version)
+    write = WriteRequest(request_id, fingerprint=f"{request.campaign}:{request.per_capita!r}")
+    try:
+        stored = await store.put(record, after_version=table.current(request.campaign).version, request=write)
+    except ValueError as error:  # the request id was used before for another budget
+        raise RequestError("idempotency-key", str(error), status=409) from error
     table.apply(stored)
-    served = table.current(request.campaign)
+    served = Served(stored.lam, stored.version, "store", stored)
     out = lambda_out(request.campaign, served, solver.model_version)
     return BudgetOut.model_validate(
-        {**out.model_dump(by_alias=True), "solve_ms": solve_ms, "population_size": solver.population_size}
+        {
+            **out.model_dump(by_alias=True),
+            "solve_ms": solve_ms,
+            "population_size": solver.population_size,
+            "request_id": request_id,
+        }
     )

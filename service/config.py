@@ -21,11 +21,31 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="allocator", min_length=1, description="prefix of every Redis key/channel")
     admin_token: SecretStr | None = Field(default=None, description="bearer token for POST /budget; unset → disabled")
     max_batch: int = Field(default=10_000, gt=0, description="individuals per /allocate request (413 above)")
-    max_body_bytes: int = Field(default=64 * 2**20, gt=0, description="request body limit (413 above)")
+    # A decoded JSON body takes up to ~25× its size in Python objects (`[{},{},…]`), so the body limit, the
+    # bytes held at once and the batches decoded at once together bound a replica's memory (k8s limit 512 MiB).
+    max_body_bytes: int = Field(default=6 * 2**20, gt=0, description="/allocate body limit in bytes (413 above)")
+    max_small_body_bytes: int = Field(default=64 * 2**10, gt=0, description="body limit of every other route")
+    max_held_body_bytes: int = Field(
+        default=32 * 2**20, gt=0, description="request body bytes held at once by all requests (503 above)"
+    )
+    body_timeout_seconds: float = Field(default=10.0, gt=0.0, le=300.0, description="time to receive a body (408)")
+    max_concurrent_batches: int = Field(
+        default=1, gt=0, le=64, description="large /allocate bodies decoded and scored at once (the rest wait)"
+    )
+    max_concurrent_requests: int = Field(default=256, gt=0, description="connections+requests at once (503 above)")
+    drain_seconds: float = Field(
+        default=0.0, ge=0.0, le=60.0, description="after SIGTERM: keep serving (not ready, Connection: close) this long"
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=15, gt=0, le=300, description="then wait at most this long (s) for in-flight requests"
+    )
     threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
     log_level: str = Field(default="INFO")
     refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
     redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")
+    serve_unknown_campaigns: bool = Field(
+        default=False, description="serve campaigns with no budget the manifest's default λ (else 404)"
+    )
 
     @field_validator("log_level")
     @classmethod

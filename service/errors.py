@@ -21,6 +21,18 @@ class StoreUnavailableError(RuntimeError):
     """The λ* store (Redis) cannot be reached; admin writes answer 503, allocation keeps the last λ*."""
 
 
+class WriteOutcomeUnknownError(RuntimeError):
+    """A store write was sent but not confirmed: it may have been applied, and cannot apply after `deadline_ms`."""
+
+    def __init__(self, message: str, deadline_ms: int) -> None:
+        super().__init__(message)
+        self.deadline_ms = deadline_ms
+
+
+class InvalidRecordError(ValueError):
+    """A stored λ* record does not validate (corrupt, or not a record); it is skipped, never served."""
+
+
 def json_type(value: object) -> str:
     """The JSON name of a decoded value's type, for error messages."""
     if value is None:

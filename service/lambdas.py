@@ -9,12 +9,14 @@ first (DESIGN.md §5), so a λ* never serves a model it was not solved for.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from service.artifact import Artifact
 from service.decision import BudgetError, BudgetSweep, Solution, sweep
+from service.errors import RequestError
 from service.state import LambdaRecord
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,35 @@ class BudgetSolver:
     def population_size(self) -> int:
         return self.sweep.n_rows
 
+    @property
+    def min_spend_per_capita(self) -> float:
+        """What the cheapest policy (everyone on their cheapest treatment) spends per individual."""
+        return self.sweep.min_spend / self.sweep.n_rows
+
+    @property
+    def max_spend_per_capita(self) -> float:
+        """What the revenue-maximising policy (λ = 0) spends per individual: no budget can buy more."""
+        return self.sweep.max_spend / self.sweep.n_rows
+
     def solve(self, budget_per_capita: float) -> Solution:
-        """Exact λ*; BudgetError when the budget is below the cheapest policy's per-capita cost."""
-        return self.sweep.solve_per_capita(budget_per_capita, with_assignment=False)
+        """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
+        or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
+        if not math.isfinite(budget_per_capita):
+            raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
+        floor = self.min_spend_per_capita
+        if budget_per_capita < floor - 1e-12 * (abs(floor) + 1.0):
+            raise BudgetError(
+                f"budget {budget_per_capita:.6g} per capita is below what the cheapest policy spends, "
+                f"{floor:.6g} per capita (every individual on their cheapest treatment); no allocation fits"
+            )
+        ceiling = self.max_spend_per_capita
+        if budget_per_capita > ceiling * (1 + 1e-9) + 1e-12:
+            raise BudgetError(
+                f"budget {budget_per_capita:.6g} per capita exceeds the most this population can spend, "
+                f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "
+                f"any budget of at least {ceiling:.6g} buys that policy"
+            )
+        return self.sweep.solve_per_capita(min(budget_per_capita, ceiling), with_assignment=False)
 
     def cheapest_lambda(self) -> float:
         """A λ at which argmax_j (r − λc) (ties to the cheaper) puts every row on its cheapest hull vertex."""
@@ -75,8 +103,15 @@ class Served:
 class LambdaTable:
     """campaign → Served, the manifest default for campaigns without a record, and the store's health."""
 
-    def __init__(self, solver: BudgetSolver, default_lambda: float, default_budget_per_capita: float) -> None:
+    def __init__(
+        self,
+        solver: BudgetSolver,
+        default_lambda: float,
+        default_budget_per_capita: float,
+        serve_unknown_campaigns: bool = False,
+    ) -> None:
         self.solver = solver
+        self.serve_unknown_campaigns = serve_unknown_campaigns
         try:  # what the manifest's default budget spends and earns with this model (normally λ* = default_lambda)
             solution = solver.solve(default_budget_per_capita)
             spend, revenue = solution.spend_per_capita, solution.revenue_per_capita
@@ -96,9 +131,30 @@ class LambdaTable:
         self.store_up = False
         self.store_error: str | None = None
         self.synced_at: float | None = None  # monotonic time of the last full resync; None: never
+        self.sync_restarts = 0  # times the sync task failed unexpectedly and was restarted
+        self.sync_error: str | None = None  # the last such failure
 
     def current(self, campaign: str) -> Served:
+        """The served λ* of `campaign`, or the manifest default when it has no record (version 0)."""
         return self._served.get(campaign, self.default)
+
+    def serving(self, campaign: str) -> Served:
+        """What a request for `campaign` is served; RequestError 404 when the campaign has no budget.
+
+        A typo in a campaign name must not silently spend at the default λ: only the `default` campaign, or
+        every campaign when the operator opted in (ALLOCATOR_SERVE_UNKNOWN_CAMPAIGNS), falls back to it.
+        """
+        served = self._served.get(campaign)
+        if served is not None:
+            return served
+        if campaign == "default" or self.serve_unknown_campaigns:
+            return self.default
+        raise RequestError(
+            "campaign",
+            f"no budget set for campaign {campaign!r} (POST /budget sets one; "
+            f"ALLOCATOR_SERVE_UNKNOWN_CAMPAIGNS=true serves such campaigns the default λ)",
+            status=404,
+        )
 
     def campaigns(self) -> dict[str, Served]:
         return dict(self._served)
@@ -119,7 +175,8 @@ class LambdaTable:
             return Served(record.lam, record.version, "store", record)
         # Solved on another model's predictions: re-solve the same budget with this model before serving it.
         try:
-            lam = self.solver.solve(record.budget_per_capita).lam
+            # More than this model can spend buys its revenue-maximising policy (the old one may spend more).
+            lam = self.solver.solve(min(record.budget_per_capita, self.solver.max_spend_per_capita)).lam
             source = f"store, re-solved for model {self.solver.model_version}"
         except BudgetError:
             lam = self.solver.cheapest_lambda()

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,10 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openapi
 from service.config import Settings
-from service.errors import RequestError, StoreUnavailableError
+from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
+from service.guards import DrainState, Guard
 from service.routes import allocate, budget, system
 from service.runtime import start_runtime, stop_runtime
+from service.schemas import problems
 
 log = logging.getLogger("service.requests")
 
@@ -98,15 +102,22 @@ def _request_error(_: Request, error: Exception) -> JSONResponse:
 def _validation_error(_: Request, error: Exception) -> JSONResponse:
     """422 naming each bad field; the input is not echoed (it may hold values JSON cannot encode, like inf)."""
     assert isinstance(error, RequestValidationError)  # registered for RequestValidationError only
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
-        problems.append(f"{field}: {item.get('msg', 'invalid')}")
-    return JSONResponse({"detail": "; ".join(problems)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    detail = "; ".join(f"{field}: {message}" for field, message in problems(error.errors()))
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def _store_unavailable(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"λ* store unavailable: {error}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _write_outcome_unknown(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, WriteOutcomeUnknownError)  # registered for WriteOutcomeUnknownError only
+    deadline = datetime.fromtimestamp(error.deadline_ms / 1e3, UTC).isoformat(timespec="milliseconds")
+    detail = (
+        f"λ* store did not confirm the write ({error}): it either took effect before {deadline} or never will; "
+        "retry with the same Idempotency-Key to learn which"
+    )
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_504_GATEWAY_TIMEOUT)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -129,11 +140,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.drain = drain = DrainState()
+    app.add_middleware(Guard, settings=settings, drain=drain)  # inside RequestLog, so its answers are logged
     app.add_middleware(RequestLog)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
+    app.add_exception_handler(WriteOutcomeUnknownError, _write_outcome_unknown)
     app.include_router(allocate.router)
     app.include_router(budget.router)
     app.include_router(system.router)
+    openapi.install(app)
     return app

@@ -51,6 +51,14 @@ class Metrics:
         self.store_staleness = Gauge(
             "allocator_store_seconds_since_sync", "Seconds since the last full λ* resync", registry=registry
         )
+        self.rejected_records = Gauge(
+            "allocator_store_rejected_records",
+            "Stored λ* records skipped because they failed validation",
+            registry=registry,
+        )
+        self.sync_restarts = Gauge(
+            "allocator_sync_restarts", "Times the λ* sync task failed unexpectedly and was restarted", registry=registry
+        )
         self.model = Gauge("allocator_model_info", "The loaded model", ["model_version", "method"], registry=registry)
         self.model.labels(model_version=model_version, method=method).set(1)
         self.store_backend = store_backend
@@ -63,7 +71,7 @@ class Metrics:
             if count:
                 counter.inc(count)
 
-    def render(self, table: LambdaTable, now: float) -> bytes:
+    def render(self, table: LambdaTable, now: float, rejected_records: int = 0) -> bytes:
         """The exposition text, with the λ* gauges refreshed from the table first."""
         self.lam.clear()
         self.lambda_version.clear()
@@ -72,4 +80,6 @@ class Metrics:
             self.lambda_version.labels(campaign=campaign).set(served.version)
         self.store_up.labels(backend=self.store_backend).set(1.0 if table.store_up else 0.0)
         self.store_staleness.set(now - table.synced_at if table.synced_at is not None else float("inf"))
+        self.rejected_records.set(rejected_records)
+        self.sync_restarts.set(table.sync_restarts)
         return generate_latest(self.registry)

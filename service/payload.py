@@ -120,12 +120,19 @@ def _allowed(individuals: list[dict[str, Any]], n_treatments: int) -> NDArray[np
         field = f"individuals[{i}].allowed_treatments"
         if not isinstance(allowed, list) or not allowed:
             raise RequestError(field, f"expected a non-empty array of treatment ids, got {json_type(allowed)}")
-        for treatment in allowed:
-            if type(treatment) is not int or not 0 <= treatment < n_treatments:
-                raise RequestError(field, f"unknown treatment id {treatment!r} (ids are 0..{n_treatments - 1})")
+        ids = [_treatment_id(treatment, n_treatments, field) for treatment in allowed]
         mask[i] = False
-        mask[i, allowed] = True
+        mask[i, ids] = True
     return mask
+
+
+def _treatment_id(value: Any, n_treatments: int, field: str) -> int:
+    """A treatment id; 3.0 is 3 (JSON Schema's integer type admits it, so clients generated from it send it)."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 <= value < n_treatments:
+        raise RequestError(field, f"unknown treatment id {value!r} (ids are 0..{n_treatments - 1})")
+    return value
 
 
 def encode_allocations(

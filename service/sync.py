@@ -19,6 +19,7 @@ from service.state import LambdaStore
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 0.5
+RESTART_SECONDS = (0.5, 30.0)  # backoff of the supervisor after an unexpected failure: first, longest
 
 
 async def resync(store: LambdaStore, table: LambdaTable) -> None:
@@ -53,3 +54,25 @@ async def keep_in_sync(store: LambdaStore, table: LambdaTable, refresh_seconds: 
         except StoreUnavailableError as error:
             table.mark_store(False, str(error))
             await asyncio.sleep(min(RETRY_SECONDS, refresh_seconds))
+
+
+async def supervise_sync(store: LambdaStore, table: LambdaTable, refresh_seconds: float) -> None:
+    """Run `keep_in_sync` forever, restarting it with exponential backoff after any unexpected failure.
+
+    A store outage is handled inside `keep_in_sync`; this catches what it cannot (a bug, a record shape no
+    validator foresaw), so that one bad day never leaves a replica silently serving a frozen λ*. Every
+    failure is logged with its traceback and counted in `table.sync_restarts`; /readyz shows the last one.
+    """
+    delay = RESTART_SECONDS[0]
+    while True:
+        started = time.monotonic()
+        try:
+            await keep_in_sync(store, table, refresh_seconds)
+        except Exception as error:  # a supervisor: logged with its traceback, counted, restarted
+            table.sync_restarts += 1
+            table.sync_error = f"{type(error).__name__}: {error}"
+            log.exception("the λ* sync task failed (restart %d in %.1f s)", table.sync_restarts, delay)
+            if time.monotonic() - started > RESTART_SECONDS[1]:
+                delay = RESTART_SECONDS[0]  # it had been running fine for a while: start the backoff over
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RESTART_SECONDS[1])

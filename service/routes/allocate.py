@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from service.allocation import allocate
-from service.deps import ArtifactDep, EncoderDep, MetricsDep, SettingsDep, TableDep
-from service.errors import RequestError
-from service.payload import decode_allocate
-from service.schemas import AllocateRequest, AllocateResponse, inline_schema
+from service.allocation import Allocated, allocate_body
+from service.deps import RuntimeDep
+from service.schemas import AllocateRequest, AllocateResponse, ErrorOut, inline_schema
 
 router = APIRouter(tags=["allocation"])
 
@@ -16,16 +16,9 @@ ALLOCATE_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(AllocateRequest)}}}
 }
 
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes (413) before and after reading it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError("body", f"larger than {limit} bytes", status=413)  # Content Too Large
-    body = await request.body()
-    if len(body) > limit:
-        raise RequestError("body", f"larger than {limit} bytes", status=413)  # Content Too Large
-    return body
+# Bodies up to this size are scored on the event loop (≈ 1 ms at most); larger ones in a worker thread, so
+# probes and small requests keep answering while a 10k-row batch is decoded and scored.
+INLINE_BODY_BYTES = 32 * 2**10
 
 
 @router.post(
@@ -34,31 +27,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     openapi_extra=ALLOCATE_BODY,
     responses={
         200: {"model": AllocateResponse, "description": "One allocation per individual, in request order"},
-        413: {"description": "More individuals than ALLOCATOR_MAX_BATCH"},
-        422: {"description": "A field is missing, unknown, non-numeric, NaN/inf, or the batch is empty"},
-        503: {"description": "λ* unknown: the store has not been reachable since startup"},
+        404: {"model": ErrorOut, "description": "The campaign has no budget (POST /budget sets one)"},
+        408: {"model": ErrorOut, "description": "The body did not arrive within ALLOCATOR_BODY_TIMEOUT_SECONDS"},
+        413: {"model": ErrorOut, "description": "More individuals than ALLOCATOR_MAX_BATCH, or a body too large"},
+        422: {
+            "model": ErrorOut,
+            "description": "A field is missing, unknown, non-numeric, NaN/inf, or the batch is empty",
+        },
+        503: {"model": ErrorOut, "description": "λ* unknown: the store has not been reachable since startup"},
     },
 )
-async def allocate_individuals(
-    request: Request,
-    settings: SettingsDep,
-    artifact: ArtifactDep,
-    encoder: EncoderDep,
-    table: TableDep,
-    metrics: MetricsDep,
-) -> Response:
+async def allocate_individuals(request: Request, runtime: RuntimeDep) -> Response:
     """Assign each individual the treatment maximising predicted revenue − λ*·cost."""
-    body = await read_body(request, settings.max_body_bytes)
-    batch = decode_allocate(body, encoder, artifact.manifest.n_treatments, settings.max_batch)
-    if not table.synced:
+    body = await request.body()  # size and arrival time bounded by `service.guards`
+    if not runtime.table.synced:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "λ* unknown: the store has not answered since startup")
-    served = table.current(batch.campaign)
-    content, treatment = allocate(batch, artifact, served)
-    metrics.batch_size.observe(len(treatment))
-    metrics.count_allocations(treatment)
-    if batch.unseen_categories:
-        metrics.unseen_categories.inc(batch.unseen_categories)
+    if len(body) <= INLINE_BODY_BYTES:
+        done: Allocated = allocate_body(body, runtime)
+    else:
+        done = await asyncio.get_running_loop().run_in_executor(runtime.batch_threads, allocate_body, body, runtime)
+    metrics = runtime.metrics
+    metrics.batch_size.observe(len(done.treatment))
+    metrics.count_allocations(done.treatment)
+    if done.unseen_categories:
+        metrics.unseen_categories.inc(done.unseen_categories)
     request.scope["log"].update(
-        campaign=batch.campaign, batch_size=len(treatment), lambda_version=served.version, lam=served.lam
+        campaign=done.campaign, batch_size=len(done.treatment), lambda_version=done.served.version, lam=done.served.lam
     )
-    return Response(content, media_type="application/json")
+    return Response(done.content, media_type="application/json")

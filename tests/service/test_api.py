@@ -155,9 +155,12 @@ def test_budget_solves_lambda_exactly_and_serves_it(client: TestClient, model_di
     assert client.get("/budget", params={"campaign": "spring"}).json()["version"] == 2
     body = client.post("/allocate", json={"campaign": "spring", "individuals": [{"id": 1, "features": [0, 0, 1, 0]}]})
     assert body.json()["lambda"] == expected.lam and body.json()["lambda_version"] == 2
-    # Another campaign still uses the manifest default.
-    other = client.get("/budget", params={"campaign": "autumn"}).json()
-    assert other["version"] == 0 and other["source"] == "manifest default"
+    # The default campaign still uses the manifest default; a campaign with no budget is not served at all.
+    default = client.get("/budget").json()
+    assert default["version"] == 0 and default["source"] == "manifest default"
+    other = client.get("/budget", params={"campaign": "autumn"})
+    assert other.status_code == 404
+    assert other.json()["detail"].startswith("campaign: no budget set for campaign 'autumn'")
 
 
 @pytest.mark.parametrize(
@@ -178,19 +181,19 @@ def test_bad_budget_is_422(client: TestClient, payload: dict[str, object], field
     assert field in str(response.json()["detail"])
 
 
-def test_budget_below_the_cheapest_policy_is_422_with_the_solver_message(
-    make_client: AppFactory, tmp_path: Path
-) -> None:
+def test_budget_below_the_cheapest_policy_is_422_in_per_capita_terms(make_client: AppFactory, tmp_path: Path) -> None:
     # Every arm costs at least 0.5 more: the cheapest policy spends 0.5 per capita on the reference population.
     write_artifact(tmp_path, cost_offset=0.5, default_budget_per_capita=1.0)
     client = make_client(tmp_path)
     response = client.post("/budget", json={"budget_per_capita": 0.1}, headers=ADMIN)
     assert response.status_code == 422
+    # Per capita, as the client thinks (not the reference population's totals: 200 of 1000 over 2,000 rows).
     assert response.json()["detail"].startswith(
-        "budget_per_capita: budget 200 is below the cheapest policy's cost 1000"
+        "budget_per_capita: budget 0.1 per capita is below what the cheapest policy spends, 0.5 per capita"
     )
     response = client.post("/budget", json={"total_budget": 10.0, "population_size": 100}, headers=ADMIN)
-    assert response.status_code == 422 and response.json()["detail"].startswith("total_budget: budget 200 is below")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("total_budget: budget 0.1 per capita is below")
 
 
 def test_model_health_readiness_and_metrics(client: TestClient, model_dir: Path) -> None:
