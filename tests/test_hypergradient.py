@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from bench.hypergradient_accuracy import SHIPPED, Float64, Setting, TinyBilevel
+from bench.tiny_bilevel import SHIPPED, Float64, Setting, TinyBilevel
 from training.hypergradient import (
     conjugate_gradient,
     explicit_hypergradient,
