@@ -141,3 +141,14 @@ def test_a_change_to_the_training_code_retrains_instead_of_reusing_the_cache(
     # Every training module is covered.
     names = {path.name for path in benchmark.SOURCE_FILES}
     assert {"train.py", "bidfcl.py", "upper_losses.py", "decision.py", "hull.py"} <= names
+
+
+def test_learned_bridge_is_compared_with_the_fixed_gate() -> None:
+    rng = np.random.default_rng(0)
+    per_seed = []
+    for _ in range(3):
+        fixed = 14.0 + rng.normal(0.0, 0.1, 50)
+        per_seed.append({"bidfcl-ppl": fixed * 1.02, "bidfcl-ppl-fixed": fixed})
+    table = benchmark.bridge_table(per_seed, "oracle")
+    assert "| method | oracle vs bidfcl-ppl-fixed % [95% CI] |" in table
+    assert "| bidfcl-ppl | +2.00 [+2.00, +2.00] |" in table

@@ -349,6 +349,16 @@ def versus_baseline_table(
     return "\n".join(lines)
 
 
+def bridge_table(per_seed_samples: list[dict[str, NDArray[np.float64]]], kind: str) -> str:
+    """Markdown: the learned bridge (bidfcl-ppl) against the gate fixed at w = 0.5, paired like the main table."""
+    mean, lo, hi = hierarchical_interval(per_seed_samples, "bidfcl-ppl", "bidfcl-ppl-fixed")
+    return (
+        f"Learned bridge against the bridge fixed at w = 0.5 ({kind} area, paired like the table above):\n\n"
+        f"| method | {kind} vs bidfcl-ppl-fixed % [95% CI] |\n|---|---|\n"
+        f"| bidfcl-ppl | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] |"
+    )
+
+
 def run_benchmark(
     suite: str,
     methods: list[str],
@@ -423,12 +433,7 @@ def run_benchmark(
             + versus_baseline_table(methods, best, samples_by_kind[main], main)
         )
     if {"bidfcl-ppl", "bidfcl-ppl-fixed"} <= set(methods) and main in samples_by_kind:
-        mean, lo, hi = hierarchical_interval(samples_by_kind[main], "bidfcl-ppl", "bidfcl-ppl-fixed")
-        table += (
-            f"\n\nLearned bridge against the bridge fixed at w = 0.5 ({main} area, paired like the table above):"
-            f"\n\n| method | {main} vs bidfcl-ppl-fixed % [95% CI] |\n|---|---|\n"
-            f"| bidfcl-ppl | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] |"
-        )
+        table += "\n\n" + bridge_table(samples_by_kind[main], main)
     mean_curves = {name: _mean_curve(curves) for name, curves in curves_by_method.items()}
     write_report(
         mean_curves,
