@@ -3,6 +3,7 @@
 # Two images from one file:
 #   docker build -t dfcl-allocator:0.1.0 .                             # `serve` (default, last stage): no torch
 #   docker build --target train -t dfcl-allocator-train:0.1.0 .        # `train`: torch CPU build, runs `python -m training`
+#   docker build --target sink -t dfcl-allocator-sink:0.1.0 .          # `sink`: decision log → Parquet (pyarrow, redis)
 #
 # Both run as a numeric non-root user and write nothing outside /tmp, so they work with
 # readOnlyRootFilesystem (k8s/) and `read_only: true` (docker-compose.yml).
@@ -50,6 +51,17 @@ RUN pip install --no-cache-dir "./[train]"
 USER 10001:10001
 ENV MPLCONFIGDIR=/tmp/matplotlib
 ENTRYPOINT ["python", "-m", "training"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------------------------------------------------
+# sink: `python -m service.sink`, the decision-log sink (k8s/sink.yaml). The `sink` extra only: redis, pyarrow.
+FROM base AS sink
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN pip install --no-cache-dir "./[sink]"
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "service.sink"]
 CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: serve test lint typecheck unit train model bench quality redis-server clean
+.PHONY: serve test lint typecheck unit train model bench bench-deps quality redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +49,18 @@ model: $(VENV)/.dev
 	$(BIN)/python -m training default-model --out models/default
 
 ## bench: speed benchmarks (results go to docs/benchmarks.md)
-bench: $(VENV)/.dev
+bench: bench-deps $(VENV)/.dev
 	$(BIN)/python -m bench.solver
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.train_speed
+
+## bench-deps: what the benchmarks run besides Python: redis-server, and wrk (a C load generator) for bench.serve
+bench-deps: redis-server wrk
+
+wrk:
+	@command -v wrk >/dev/null || { echo "installing wrk"; \
+		(apt-get update -qq && apt-get install -y -qq wrk) || \
+		(sudo apt-get update -qq && sudo apt-get install -y -qq wrk); }
 
 ## quality: decision quality of every method on every suite (docs/results/, docs/benchmarks.md; ~2 h from scratch)
 quality: $(VENV)/.dev

@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {
         "ALLOCATOR_MODEL_DIR": str(ROOT / "models" / "default"),
         "ALLOCATOR_REDIS_URL": redis.url,
+        "ALLOCATOR_WORKERS": "1",  # one process per replica: its RSS is the replica's (with Redis the default is 1/CPU)
         "ALLOCATOR_ADMIN_TOKEN": ADMIN_TOKEN,
         "ALLOCATOR_LOG_LEVEL": "WARNING",
         "ALLOCATOR_REFRESH_SECONDS": "1",

@@ -1,32 +1,29 @@
-"""Serving benchmark: /allocate throughput and latency, /budget solve time, beside ceilings from the same run.
+"""Serving benchmark: /allocate server and client-observed time, 1 and 2 workers, beside ceilings from the same run.
 
-    python -m bench.serve [--model-dir models/default] [--batch 1000] [--seconds 10]
+    make bench-deps   # redis-server and wrk (Debian packages)
+    python -m bench.serve [--model-dir models/default] [--batch 1000] [--seconds 10] [--workers 1,2]
 
-Starts `python -m service` (one uvicorn worker, loopback; a redis-server on a free port when one is installed)
-and measures
-  * batch path: individuals/s for POST /allocate with `--batch` individuals per request, beside the ceilings
-    orjson decoding alone of the same body and onnxruntime alone on the same batch;
-  * single path: req/s, p50 and p99 for one-individual requests from `--concurrency` clients (one httpx
-    AsyncClient per task), beside the same two ceilings for a single individual;
-  * /budget: server time (Server-Timing header) and λ* solve time for new budgets.
-Every phase is bounded by a request count and by `--seconds`. Results go to docs/benchmarks.md ("serve").
-When `--model-dir` does not exist, a toy model (onnx.helper, like the service tests') is built in a temp dir.
+For each worker count, starts `python -m service` (`ALLOCATOR_WORKERS`, one onnxruntime thread each, loopback,
+a redis-server on a free port) and loads it with `wrk` (bench/wrk.py), a C load generator:
+  * row batch and columnar batch: `--batch` individuals per request, one connection per worker; the
+    server's own time (Server-Timing) and the client-observed latency and throughput;
+  * single-individual requests at each of `--connections` (default 1, 16, 64): req/s, p50 and p99, client and
+    server side, and the CPU share wrk itself took from the shared cores;
+  * /budget: server time and λ* solve time for new budgets.
+Ceilings, measured in this process in the same run: orjson decoding of each body, onnxruntime alone on the
+batch and on one row, and a trivial FastAPI POST under the same uvicorn (the HTTP stack alone, `wrk`).
+Results go to docs/benchmarks.md ("serve"). When `--model-dir` does not exist, a toy model is built.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,16 +34,11 @@ import onnxruntime as ort
 import orjson
 
 from bench.report import write_section
+from bench.serve_report import report
+from bench.servers import ADMIN_TOKEN, allocator, redis_server, trivial_server
+from bench.wrk import LoadResult, require_wrk, run_wrk
 from service.decision import sweep
 from service.manifest import Manifest, Treatment, read_manifest
-
-ADMIN_TOKEN = "bench-admin-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_toy_model(out: Path, n_features: int = 8, n_treatments: int = 4, rows: int = 20_000) -> None:
@@ -96,70 +88,8 @@ def build_toy_model(out: Path, n_features: int = 8, n_treatments: int = 4, rows:
     np.savez(out / "population.npz", features=rng.normal(size=(rows, n_features)).astype(np.float32))
 
 
-@contextmanager
-def redis_server() -> Iterator[str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-
-
-@contextmanager
-def service(model_dir: Path, redis_url: str | None, max_batch: int) -> Iterator[str]:
-    """`python -m service` on a free loopback port; yields its base URL once /readyz answers 200."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOCATOR_")}
-    env.update(
-        ALLOCATOR_MODEL_DIR=str(model_dir),
-        ALLOCATOR_ADMIN_TOKEN=ADMIN_TOKEN,
-        ALLOCATOR_LOG_LEVEL="WARNING",
-        ALLOCATOR_MAX_BATCH=str(max_batch),
-    )
-    if redis_url is not None:
-        env["ALLOCATOR_REDIS_URL"] = redis_url
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], env=env, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"service exited: {process.stderr.read().decode() if process.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("service not ready within 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def body_for(population: np.ndarray, names: list[str], start: int, count: int) -> bytes:
+    """Row body: one object per individual, features keyed by name (what a typical caller sends)."""
     rows = population[np.arange(start, start + count) % len(population)]
     individuals = [
         {"id": f"user-{start + i}", "features": dict(zip(names, map(float, row), strict=True))}
@@ -168,72 +98,51 @@ def body_for(population: np.ndarray, names: list[str], start: int, count: int) -
     return orjson.dumps({"campaign": "default", "individuals": individuals})
 
 
-def best_seconds(fn: Any, repeat: int) -> float:
-    """Median wall time of `fn()` over `repeat` calls (after one warm-up)."""
+def columnar_body_for(population: np.ndarray, start: int, count: int) -> bytes:
+    """Columnar body for the same individuals as `body_for`: ids and one array per feature."""
+    rows = population[np.arange(start, start + count) % len(population)]
+    ids = [f"user-{start + i}" for i in range(count)]
+    return orjson.dumps({"campaign": "default", "ids": ids, "columns": rows.astype(np.float64).T.tolist()})
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # seconds, median
+    cpu: float  # this thread's CPU seconds, median: unaffected by waiting for a core on a busy machine
+
+
+def best_seconds(fn: Any, repeat: int) -> Timing:
+    """Median wall and CPU time of `fn()` over `repeat` calls (after one warm-up)."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.thread_time() - cpu_started)
+    return Timing(float(np.median(wall)), float(np.median(cpu)))
 
 
-async def run_batch(url: str, bodies: list[bytes], requests: int, seconds: float, clients: int) -> tuple[float, float]:
-    """(individuals/s end to end, median server ms) over `requests` batch requests from `clients` tasks."""
-    individuals = len(orjson.loads(bodies[0])["individuals"])
-    server_ms: list[float] = []
-    done = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker(k: int) -> None:
-        nonlocal done
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            while done < requests and time.monotonic() < deadline:
-                done += 1
-                response = await client.post("/allocate", content=bodies[done % len(bodies)], headers=JSON)
-                response.raise_for_status()
-                server_ms.append(float(response.headers["server-timing"].split("dur=")[1]))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(clients)))
-    elapsed = time.perf_counter() - started
-    return len(server_ms) * individuals / elapsed, float(np.median(server_ms))
+@dataclass
+class Ceilings:
+    decode_rows: Timing  # orjson.loads of the row batch body
+    decode_columns: Timing  # of the columnar batch body
+    onnx_batch: Timing  # onnxruntime alone, one thread, on the batch
+    decode_one: Timing
+    onnx_one: Timing
 
 
-JSON = {"content-type": "application/json"}
-
-
-async def run_single(url: str, bodies: list[bytes], requests: int, seconds: float, clients: int) -> dict[str, float]:
-    """req/s and latency percentiles for one-individual requests from `clients` concurrent tasks."""
-    latencies: list[float] = []
-    server_ms: list[float] = []
-    sent = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker(k: int) -> None:
-        nonlocal sent
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            while sent < requests and time.monotonic() < deadline:
-                sent += 1
-                body = bodies[sent % len(bodies)]
-                started = time.perf_counter()
-                response = await client.post("/allocate", content=body, headers=JSON)
-                latencies.append(time.perf_counter() - started)
-                response.raise_for_status()
-                server_ms.append(float(response.headers["server-timing"].split("dur=")[1]))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(clients)))
-    elapsed = time.perf_counter() - started
-    ms = 1e3 * np.array(latencies)
-    return {
-        "rps": len(ms) / elapsed,
-        "p50": float(np.percentile(ms, 50)),
-        "p99": float(np.percentile(ms, 99)),
-        "server_p50": float(np.percentile(server_ms, 50)),
-        "server_p99": float(np.percentile(server_ms, 99)),
-    }
+def measure_ceilings(model_dir: Path, bodies: dict[str, bytes], x_batch: np.ndarray) -> Ceilings:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return Ceilings(
+        decode_rows=best_seconds(lambda: orjson.loads(bodies["rows"]), 200),
+        decode_columns=best_seconds(lambda: orjson.loads(bodies["columns"]), 200),
+        onnx_batch=best_seconds(lambda: session.run(None, {"features": x_batch}), 200),
+        decode_one=best_seconds(lambda: orjson.loads(bodies["one"]), 5000),
+        onnx_one=best_seconds(lambda: session.run(None, {"features": x_batch[:1]}), 5000),
+    )
 
 
 def run_budget(url: str, per_capita: list[float]) -> tuple[list[float], list[float]]:
@@ -243,23 +152,67 @@ def run_budget(url: str, per_capita: list[float]) -> tuple[list[float], list[flo
         for b in per_capita:
             response = client.post("/budget", json={"campaign": "bench", "budget_per_capita": b})
             response.raise_for_status()
-            server.append(float(response.headers["server-timing"].split("dur=")[1]))
+            server.append(float(response.headers["server-timing"].split("app;dur=")[1].split(",")[0]))
             solve.append(response.json()["solve_ms"])
     return server, solve
+
+
+def check_bodies(url: str, bodies: dict[str, bytes]) -> None:
+    """Both batch forms allocate the same before anything is timed (a benchmark of wrong answers is no use)."""
+    with httpx.Client(base_url=url, timeout=30, headers={"content-type": "application/json"}) as client:
+        answers = {form: client.post("/allocate", content=bodies[form]) for form in ("rows", "columns", "one")}
+    for form, response in answers.items():
+        if response.status_code != 200:
+            raise SystemExit(f"POST /allocate ({form}) answered {response.status_code}: {response.text[:500]}")
+    decided = [
+        [{k: v for k, v in a.items() if k != "decision_id"} for a in answers[form].json()["allocations"]]
+        for form in ("rows", "columns")
+    ]  # every request logs decisions of its own
+    if decided[0] != decided[1]:
+        raise SystemExit("the row and columnar bodies were allocated differently")
+
+
+@dataclass
+class WorkerRuns:
+    workers: int
+    rows: LoadResult
+    columns: LoadResult
+    single: list[LoadResult]
+    budget_server_ms: list[float]
+    budget_solve_ms: list[float]
+
+
+def run_workers(
+    workers: int, model_dir: Path, redis_url: str | None, bodies: dict[str, bytes], args: argparse.Namespace
+) -> WorkerRuns:
+    with allocator(model_dir, redis_url, max(args.batch, 10_000), workers) as server:
+        check_bodies(server.url, bodies)
+        url = f"{server.url}/allocate"
+        run_wrk(url, bodies["one"], 16, 2, server.pid)  # warm-up: connections, caches, allocator
+        # One connection per worker: server time is the request's own, not time queued behind another.
+        rows = run_wrk(url, bodies["rows"], workers, args.seconds, server.pid)
+        columns = run_wrk(url, bodies["columns"], workers, args.seconds, server.pid)
+        single = [run_wrk(url, bodies["one"], c, args.seconds, server.pid) for c in args.connections]
+        budget_server, budget_solve = run_budget(server.url, args.budgets)
+    return WorkerRuns(workers, rows, columns, single, budget_server, budget_solve)
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path("models/default"))
     parser.add_argument("--batch", type=int, default=1000, help="individuals per batch request")
-    parser.add_argument("--batch-requests", type=int, default=60)
-    parser.add_argument("--batch-clients", type=int, default=2, help="concurrent batch clients")
-    parser.add_argument("--single-requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
+    parser.add_argument("--workers", type=parse_ints, default=[1, 2], help="worker counts to measure (e.g. 1,2)")
+    parser.add_argument("--connections", type=parse_ints, default=[1, 16, 64], help="wrk connections, single")
     parser.add_argument("--budgets", type=int, default=30, help="new budgets posted to /budget")
-    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per phase")
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
+    require_wrk()
+    uptime_before = uptime()
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir
@@ -271,74 +224,45 @@ def main(argv: list[str] | None = None) -> None:
         manifest = read_manifest(model_dir / "manifest.json")
         with np.load(model_dir / "population.npz") as archive:
             population = archive["features"].astype(np.float32)
-        names = manifest.features
-        batch_bodies = [body_for(population, names, k * args.batch, args.batch) for k in range(4)]
-        single_bodies = [body_for(population, names, k, 1) for k in range(256)]
-
-        # Ceilings, measured in this process on the same bodies and batch.
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        x_batch = population[np.arange(args.batch) % len(population)]
-        decode_batch = best_seconds(lambda: orjson.loads(batch_bodies[0]), 50)
-        onnx_batch = best_seconds(lambda: session.run(None, {"features": x_batch}), 50)
-        decode_one = best_seconds(lambda: orjson.loads(single_bodies[0]), 2000)
-        onnx_one = best_seconds(lambda: session.run(None, {"features": x_batch[:1]}), 2000)
+        bodies = {
+            "rows": body_for(population, manifest.features, 0, args.batch),
+            "columns": columnar_body_for(population, 0, args.batch),
+            "one": body_for(population, manifest.features, 0, 1),
+        }
+        ceilings = measure_ceilings(model_dir, bodies, population[np.arange(args.batch) % len(population)])
         # Budgets spread over the feasible range: the cheapest policy's spend up to the revenue-maximising one's.
+        session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
         path = sweep(*session.run(["revenue", "cost"], {"features": population}))
         low, high = (path.min_spend * (1 + 1e-6) + 1e-9) / path.n_rows, path.max_spend / path.n_rows
+        args.budgets = list(np.linspace(low, high, args.budgets))
 
-        with redis_server() as redis_url, service(model_dir, redis_url, max(args.batch, 10_000)) as url:
-            batch_ips, batch_server_ms = asyncio.run(
-                run_batch(url, batch_bodies, args.batch_requests, args.seconds, args.batch_clients)
-            )
-            single = asyncio.run(run_single(url, single_bodies, args.single_requests, args.seconds, args.concurrency))
-            budget_server, budget_solve = run_budget(url, list(np.linspace(low, high, args.budgets)))
-
-    decode_ips = args.batch / decode_batch
-    onnx_ips = args.batch / onnx_batch
-    server_ips = args.batch / (batch_server_ms / 1e3)
-    store = "Redis" if redis_url else "in-process store"
-    lines = [
-        f"Model: {source} (model version {manifest.model_version}, D={manifest.n_features}, "
-        f"K={manifest.n_treatments}); one uvicorn worker on loopback, {store}; clients in one asyncio process "
-        "on the same 2 cores.",
-        "",
-        f"**Batch path** ({args.batch} individuals per request, {args.batch_clients} concurrent clients):",
-        "",
-        "| measure | individuals/s | vs JSON-decoding ceiling |",
-        "|---|---:|---:|",
-        f"| POST /allocate, end to end | {batch_ips:,.0f} | {batch_ips / decode_ips:.0%} |",
-        f"| POST /allocate, server time (Server-Timing, median {batch_server_ms:.2f} ms) | {server_ips:,.0f} | "
-        f"{server_ips / decode_ips:.0%} |",
-        f"| ceiling: orjson decoding of the same body | {decode_ips:,.0f} | 100% |",
-        f"| ceiling: onnxruntime alone on the same batch | {onnx_ips:,.0f} | {onnx_ips / decode_ips:.0%} |",
-        "",
-        f"**Single-individual requests** ({args.concurrency} concurrent clients, one httpx AsyncClient each):",
-        "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| req/s | {single['rps']:,.0f} |",
-        f"| p50 latency, client-observed | {single['p50']:.1f} ms |",
-        f"| p99 latency, client-observed | {single['p99']:.1f} ms (target ≤ 50 ms) |",
-        f"| p50 / p99 server time (Server-Timing) | {single['server_p50']:.2f} / {single['server_p99']:.2f} ms |",
-        f"| ceiling: orjson decoding of one body | {1 / decode_one:,.0f} req/s |",
-        f"| ceiling: onnxruntime alone on one row | {1 / onnx_one:,.0f} req/s |",
-        "",
-        f"**POST /budget** ({args.budgets} new budgets on the {len(population):,}-row reference population):",
-        "",
-        "| measure | median | max |",
-        "|---|---:|---:|",
-        f"| server time (incl. Redis write + publish) | {np.median(budget_server):.2f} ms | "
-        f"{np.max(budget_server):.2f} ms |",
-        f"| λ* solve (binary search on the cached sweep) | {np.median(budget_solve):.3f} ms | "
-        f"{np.max(budget_solve):.3f} ms |",
-    ]
-    markdown = "\n".join(lines)
+        with trivial_server() as trivial:
+            stack = run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
+        with trivial_server(pure_python=True) as trivial:
+            pure = run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
+        with redis_server() as redis_url:
+            if redis_url is None and max(args.workers) > 1:
+                raise SystemExit("several workers need Redis: `make bench-deps` installs redis-server")
+            runs = [run_workers(w, model_dir, redis_url, bodies, args) for w in args.workers]
+    context = {
+        "source": source,
+        "manifest": manifest,
+        "store": "Redis" if redis_url else "in-process store",
+        "sizes": {form: len(body) for form, body in bodies.items()},
+        "uptime": (uptime_before, uptime()),
+        "nice": os.nice(0),  # the priority the benchmark (and the server and wrk it starts) ran at
+    }
+    markdown = report(args, ceilings, (stack, pure), runs, context)
     print(markdown)
     if not args.no_write:
         command = "python -m bench.serve" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
         write_section("serve", command.strip(), markdown)
+
+
+def uptime() -> str:
+    """`uptime`'s load averages (the machine is shared: they say how much else was running)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 if __name__ == "__main__":

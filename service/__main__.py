@@ -1,21 +1,25 @@
-"""`python -m service --host H --port P`: run the allocation service with uvicorn (one process), draining on SIGTERM."""
+"""`python -m service --host H --port P`: run the allocation service with uvicorn, draining on SIGTERM.
+
+`ALLOCATOR_WORKERS` processes (default: the CPUs the container may use; one without Redis) share the listening
+socket (`service.supervisor`); each is a replica with its own model copy and λ* table, kept in step through
+Redis. How many, and the onnxruntime threads of each, is `service.workers`' plan.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import time
-from types import FrameType
+import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.guards import DrainState
-from service.main import create_app
+from service.workers import WorkerPlanError, plan_workers
 
 log = logging.getLogger("service")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,44 +34,26 @@ def main(argv: list[str] | None = None) -> None:
             f"ALLOCATOR_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
         )
         parser.exit(2, f"python -m service: invalid settings: {problems}\n")
-    logging.basicConfig(level=settings.log_level_number, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # the app logs one structured line per request itself
-        limit_concurrency=settings.max_concurrent_requests,  # 503 past it, instead of queueing without bound
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    try:
+        plan = plan_workers(settings)
+    except WorkerPlanError as error:
+        parser.exit(2, f"python -m service: {error}\n")
+    fmt = LOG_FORMAT if plan.workers == 1 else WORKER_LOG_FORMAT
+    logging.basicConfig(level=settings.log_level_number, format=fmt)
+    if plan.note is not None:
+        log.warning("%s", plan.note)
+    log.info(
+        "%d worker process(es), %d onnxruntime thread(s) each, %d CPU(s) allowed", plan.workers, plan.threads, plan.cpus
     )
-    DrainingServer(config, app.state.drain, settings.drain_seconds).run()
+    # Imported here: a supervisor of several workers never loads the app (the model stack) itself.
+    if plan.workers == 1:
+        from service.serving import serve_process
 
+        serve_process(settings, args.host, args.port)
+    else:
+        from service.supervisor import supervise
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, but SIGTERM first drains: for `drain_seconds` the replica keeps serving while /readyz fails
-    (so Kubernetes takes it out of the Service) and every response closes its connection (so clients on
-    kept-alive connections reconnect elsewhere); then the usual graceful shutdown. SIGINT, or a second
-    signal, stops at once."""
-
-    def __init__(self, config: uvicorn.Config, drain: DrainState, drain_seconds: float) -> None:
-        super().__init__(config)
-        self.drain = drain
-        self.drain_seconds = drain_seconds
-        self.drain_until: float | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and self.drain_seconds > 0 and self.drain_until is None:
-            self.drain.draining = True
-            self.drain_until = time.monotonic() + self.drain_seconds
-            log.info("SIGTERM: draining for %.1f s before shutting down", self.drain_seconds)
-            return
-        super().handle_exit(sig, frame)
-
-    async def on_tick(self, counter: int) -> bool:
-        if self.drain_until is not None and time.monotonic() >= self.drain_until:
-            return True
-        return await super().on_tick(counter)
+        sys.exit(supervise(settings, plan.workers, args.host, args.port, fmt))
 
 
 if __name__ == "__main__":

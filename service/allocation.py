@@ -11,6 +11,9 @@ from numpy.typing import NDArray
 
 from service.artifact import Artifact
 from service.decision import BudgetError, choose
+from service.decisions.exploration import Explored, explore, utc_day
+from service.decisions.record import DecisionBatch, new_decision_ids
+from service.decisions.shipper import DecisionLog
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
 from service.payload import AllocateBatch, decode_allocate, encode_allocations
@@ -21,18 +24,52 @@ if TYPE_CHECKING:  # the runtime imports the routes' helpers' modules; only its 
     from service.runtime import Runtime
 
 
-def allocate(batch: AllocateBatch, artifact: Artifact, served: Served) -> tuple[bytes, NDArray[np.int64]]:
-    """The /allocate response body and the (N,) chosen treatments: argmax_j (r̂ − λ*·ĉ) per individual."""
+def allocate(
+    batch: AllocateBatch,
+    artifact: Artifact,
+    served: Served,
+    epsilon: float = 0.0,
+    decisions: DecisionLog | None = None,
+    now: float | None = None,
+) -> tuple[bytes, NDArray[np.int64]]:
+    """The /allocate response body and the (N,) treatments given: argmax_j (r̂ − λ*·ĉ) per individual, except
+    for the exploration share ε, and each decision appended to the decision log.
+
+    Synchronous and thread-safe (it may run in a worker thread): the log append takes the buffer's lock.
+    """
+    now = time.time() if now is None else now
     revenue, cost = artifact.predict(batch.features)  # (N, K) each
     _check_predictions(revenue, cost)
-    treatment = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
+    policy = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
+    explored = exploration_override(batch, policy, artifact.manifest.n_treatments, epsilon, now)
+    treatment = explored.treatment
+    # Issue 13's ledger cap goes here, after exploration, so exploration spend counts against the campaign's
+    # budget (a capped row's logged propensity then describes the draw, not the cap).
+    decision_ids = new_decision_ids(len(treatment))
     header = {
         "campaign": batch.campaign,
         "model_version": artifact.model_version,
         "lambda": served.lam,
         "lambda_version": served.version,
     }
-    body = encode_allocations(batch.ids, treatment, revenue, cost, artifact.manifest.treatment_names, header)
+    names = artifact.manifest.treatment_names
+    body = encode_allocations(batch.ids, treatment, revenue, cost, names, header, decision_ids=decision_ids)
+    if decisions is not None:
+        decisions.append(
+            DecisionBatch(
+                decision_ids=decision_ids,
+                time=now,
+                campaign=batch.campaign,
+                individuals=batch.ids,
+                model_version=artifact.model_version,
+                lam=served.lam,
+                lambda_version=served.version,
+                treatment=treatment,
+                propensity=explored.propensity,
+                explore=explored.explore,
+                features=batch.features,
+            )
+        )
     return body, treatment
 
 
@@ -66,7 +103,8 @@ def allocate_body(body: bytes, runtime: Runtime) -> Allocated:
     try:
         batch = decode_allocate(body, runtime.encoder, artifact.manifest.n_treatments, runtime.settings.max_batch)
         served = runtime.table.serving(batch.campaign)
-        content, treatment = allocate(batch, artifact, served)
+        epsilon = runtime.decisions.epsilon.get(batch.campaign)
+        content, treatment = allocate(batch, artifact, served, epsilon=epsilon, decisions=runtime.decisions)
     except RequestError as error:
         # Raised again outside this block: the original's traceback holds the frames with the decoded body
         # (up to ~25× its size), which would stay alive while the error travels to the event loop and the
@@ -75,6 +113,13 @@ def allocate_body(body: bytes, runtime: Runtime) -> Allocated:
     if refusal is not None:
         raise RequestError(*refusal)
     return Allocated(batch.campaign, content, treatment, served, batch.unseen_categories)
+
+
+def exploration_override(
+    batch: AllocateBatch, policy: NDArray[np.int64], n_treatments: int, epsilon: float, now: float
+) -> Explored:
+    """The ε share of the batch drawn uniformly among allowed treatments (deterministic per individual and day)."""
+    return explore(policy, batch.allowed, n_treatments, epsilon, batch.campaign, batch.ids, utc_day(now))
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="bearer token for POST /budget; unset → disabled")
     max_batch: int = Field(default=10_000, gt=0, description="individuals per /allocate request (413 above)")
     # A decoded JSON body takes up to ~25× its size in Python objects (`[{},{},…]`), so the body limit, the
-    # bytes held at once and the batches decoded at once together bound a replica's memory (k8s limit 512 MiB).
+    # bytes held at once and the batches decoded at once together bound a replica's memory (each worker process:
+    # 512 MiB of the pod's 1 GiB k8s limit).
     max_body_bytes: int = Field(default=6 * 2**20, gt=0, description="/allocate body limit in bytes (413 above)")
     max_small_body_bytes: int = Field(default=64 * 2**10, gt=0, description="body limit of every other route")
     max_held_body_bytes: int = Field(
@@ -39,13 +40,25 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(
         default=15, gt=0, le=300, description="then wait at most this long (s) for in-flight requests"
     )
-    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    workers: int | None = Field(
+        default=None, ge=1, le=64, description="worker processes; unset → the CPUs allowed (1 without Redis)"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=64, description="onnxruntime intra-op threads per worker; unset → CPUs ÷ workers"
+    )
     log_level: str = Field(default="INFO")
     refresh_seconds: float = Field(default=5.0, gt=0.0, le=3600.0, description="λ* resync period from Redis")
     redis_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description="Redis socket timeout")
     serve_unknown_campaigns: bool = Field(
         default=False, description="serve campaigns with no budget the manifest's default λ (else 404)"
     )
+    decision_log_capacity: int = Field(
+        default=200_000, gt=0, description="decisions buffered in memory for the log; beyond it they are dropped"
+    )
+    decision_stream_maxlen: int = Field(
+        default=5_000_000, gt=0, description="approximate length cap of each campaign's decision stream"
+    )
+    decision_ship_rows: int = Field(default=5_000, gt=0, description="decisions per pipelined write to Redis")
 
     @field_validator("log_level")
     @classmethod

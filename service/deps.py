@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.artifact import Artifact
 from service.config import Settings
+from service.decisions.shipper import DecisionLog
 from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
@@ -57,6 +58,10 @@ async def get_metrics(runtime: RuntimeDep) -> Metrics:
     return runtime.metrics
 
 
+async def get_decisions(runtime: RuntimeDep) -> DecisionLog:
+    return runtime.decisions
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ArtifactDep = Annotated[Artifact, Depends(get_artifact)]
 EncoderDep = Annotated[FeatureEncoder, Depends(get_encoder)]
@@ -64,6 +69,7 @@ SolverDep = Annotated[BudgetSolver, Depends(get_solver)]
 TableDep = Annotated[LambdaTable, Depends(get_table)]
 StoreDep = Annotated[LambdaStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DecisionsDep = Annotated[DecisionLog, Depends(get_decisions)]
 
 
 def admin_problem(settings: Settings, authorization: str | None) -> HTTPException | None:

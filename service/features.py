@@ -40,6 +40,7 @@ class FeatureEncoder:
 
     def __init__(self, manifest: Manifest) -> None:
         self.names = list(manifest.features)
+        self.feature_names = tuple(self.names)  # hashable: `service.rows` keeps one typed decoder per name tuple
         self.width = len(self.names)
         self.index = {name: j for j, name in enumerate(self.names)}
         # raw column → {category: column index of its one-hot feature}

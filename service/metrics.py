@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,6 +63,18 @@ class Metrics:
         )
         self.model = Gauge("allocator_model_info", "The loaded model", ["model_version", "method"], registry=registry)
         self.model.labels(model_version=model_version, method=method).set(1)
+        self.decisions_shipped = Counter(
+            "allocator_decisions_shipped", "Decisions written to the decision-log streams", registry=registry
+        )
+        self.decisions_dropped = Counter(
+            "allocator_decisions_dropped",
+            "Decisions not logged because the in-process buffer was full (Redis down or slow)",
+            registry=registry,
+        )
+        self.decisions_buffered = Gauge(
+            "allocator_decisions_buffered", "Decisions waiting in memory to be shipped", registry=registry
+        )
+        self._decision_totals = {"shipped": 0, "dropped": 0}
         self.store_backend = store_backend
         # Pre-create the per-treatment series so dashboards see zeros rather than gaps.
         self._treatment_counters = [self.allocations.labels(treatment=name) for name in treatment_names]
@@ -70,6 +84,15 @@ class Metrics:
         for counter, count in zip(self._treatment_counters, counts.tolist(), strict=True):
             if count:
                 counter.inc(count)
+
+    def observe_decision_log(self, status: dict[str, Any]) -> None:
+        """Bring the decision-log counters up to the log's own totals (they only grow)."""
+        for name, counter in (("shipped", self.decisions_shipped), ("dropped", self.decisions_dropped)):
+            delta = int(status[name]) - self._decision_totals[name]
+            if delta > 0:
+                counter.inc(delta)
+                self._decision_totals[name] += delta
+        self.decisions_buffered.set(int(status["buffered"]))
 
     def render(self, table: LambdaTable, now: float, rejected_records: int = 0) -> bytes:
         """The exposition text, with the λ* gauges refreshed from the table first."""

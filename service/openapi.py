@@ -20,6 +20,8 @@ from service.payload import MAX_ID_LENGTH
 # The largest double that float32 rounds to a finite value (its max plus half an ulp, exclusive).
 FLOAT32_MAX = float(np.nextafter(float(np.finfo(np.float32).max) + 2.0**103, 0.0))
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+# JSON booleans count as 0/1; the model computes in float32, so larger magnitudes are refused.
+NUMBER = {"type": ["number", "boolean"], "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
 
 
 def install(app: FastAPI) -> None:
@@ -55,11 +57,12 @@ def _one_error_schema(schema: dict[str, Any]) -> None:
 
 def _narrow_allocate_body(schema: dict[str, Any], manifest: Manifest) -> None:
     body = schema["paths"]["/allocate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    individual = body["properties"]["individuals"]["items"]["properties"]
+    rows, columns = body["oneOf"]  # `schemas.allocate_request_body`: the row form, then the columnar form
+    _narrow_columnar_body(columns["properties"], manifest)
+    individual = rows["properties"]["individuals"]["items"]["properties"]
     individual["id"]["anyOf"] = [{"type": "string", "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]
     width = manifest.n_features
-    # JSON booleans count as 0/1; the model computes in float32, so larger magnitudes are refused.
-    number = {"type": ["number", "boolean"], "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    number = NUMBER
     one_hot = manifest.one_hot_columns()
     numeric = [name for name in manifest.features if name not in one_hot]
     encoded = {
@@ -99,6 +102,19 @@ def _narrow_allocate_body(schema: dict[str, Any], manifest: Manifest) -> None:
         "items": {"type": "integer", "minimum": 0, "maximum": manifest.n_treatments - 1},
         "minItems": 1,
     }
+
+
+def _narrow_columnar_body(fields: dict[str, Any], manifest: Manifest) -> None:
+    """`columns`: D arrays (one per feature); `matrix`: arrays of D numbers; ids and treatment ids as for rows."""
+    width = manifest.n_features
+    fields["ids"]["items"] = {"anyOf": [{"type": "string", "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]}
+    column = {"type": "array", "items": NUMBER, "minItems": 1}
+    fields["columns"]["anyOf"][0] = {"type": "array", "items": column, "minItems": width, "maxItems": width}
+    row = {"type": "array", "items": NUMBER, "minItems": width, "maxItems": width}
+    fields["matrix"]["anyOf"][0] = {"type": "array", "items": row, "minItems": 1}
+    treatments = {"type": "integer", "minimum": 0, "maximum": manifest.n_treatments - 1}
+    allowed = {"anyOf": [{"type": "array", "items": treatments, "minItems": 1}, {"type": "null"}]}
+    fields["allowed_treatments"]["anyOf"][0] = {"type": "array", "items": allowed}
 
 
 def _narrow_budget_body(schema: dict[str, Any], lowest: float, highest: float) -> None:

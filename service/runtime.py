@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 from service.artifact import Artifact, load_artifact
 from service.config import Settings
+from service.decisions.shipper import DecisionLog
 from service.errors import StoreUnavailableError
 from service.features import FeatureEncoder
 from service.lambdas import BudgetSolver, LambdaTable
 from service.metrics import Metrics
 from service.state import LambdaStore, open_store
 from service.sync import resync, supervise_sync
+from service.workers import onnx_threads
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Runtime:
     # memory (a decoded 10k-row body is tens of MB of Python objects, and each thread that ever held one keeps
     # its malloc arena) and leaves the event loop its share of the GIL.
     batch_threads: ThreadPoolExecutor
+    decisions: DecisionLog
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -42,7 +45,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     A broken artifact raises ValueError (the process refuses to start); an unreachable Redis does not: the
     replica starts unready and the sync task keeps trying.
     """
-    artifact = load_artifact(settings.model_dir, threads=settings.threads)
+    artifact = load_artifact(settings.model_dir, threads=onnx_threads(settings))
     manifest = artifact.manifest
     solver = BudgetSolver(artifact)
     table = LambdaTable(
@@ -61,8 +64,26 @@ async def start_runtime(settings: Settings) -> Runtime:
             table.mark_store(False, str(error))
             log.warning("starting without λ* records: %s", error)
         task = asyncio.create_task(supervise_sync(store, table, settings.refresh_seconds), name="lambda-sync")
+    decisions = DecisionLog(
+        settings.redis_url,
+        settings.redis_prefix,
+        settings.redis_timeout_seconds,
+        capacity=settings.decision_log_capacity,
+        maxlen=settings.decision_stream_maxlen,
+        ship_rows=settings.decision_ship_rows,
+        refresh_seconds=settings.refresh_seconds,
+        model_version=artifact.model_version,
+        feature_names=list(manifest.features),
+    )
+    try:
+        await decisions.refresh_epsilon()
+    except StoreUnavailableError as error:
+        log.warning("starting without exploration settings (ε = 0 until Redis answers): %s", error)
+    decisions.start()
     threads = ThreadPoolExecutor(settings.max_concurrent_batches, thread_name_prefix="allocate")
-    return Runtime(settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads)
+    return Runtime(
+        settings, artifact, FeatureEncoder(manifest), solver, table, store, metrics, task, threads, decisions
+    )
 
 
 STOP_ATTEMPTS = 10  # × STOP_WAIT_SECONDS: the longest a shutdown waits for the sync task
@@ -70,6 +91,7 @@ STOP_WAIT_SECONDS = 0.5
 
 
 async def stop_runtime(runtime: Runtime) -> None:
+    await runtime.decisions.stop()
     runtime.batch_threads.shutdown(wait=False, cancel_futures=True)
     if runtime.sync_task is not None:
         await _stop_task(runtime.sync_task)

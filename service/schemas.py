@@ -1,7 +1,7 @@
 """Request and response models of the API (DESIGN.md §4), as they appear in OpenAPI at /docs.
 
-`AllocateRequest` documents the /allocate body but does not parse it (see `service.payload`); the
-/budget body is small and is parsed by `BudgetRequest`.
+`AllocateRequest` (rows) and `AllocateColumnsRequest` (columns) document the /allocate body but do not parse
+it (see `service.payload`, `service.columnar`); the /budget body is small and is parsed by `BudgetRequest`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,31 @@ class AllocateRequest(BaseModel):
     individuals: list[Individual] = Field(min_length=1, description="at most ALLOCATOR_MAX_BATCH individuals")
 
 
+class AllocateColumnsRequest(BaseModel):
+    """The columnar body for batch callers: ids as one array, features as columns or as a row-major matrix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: str = CAMPAIGN_FIELD
+    ids: list[str | int] = Field(min_length=1, description="one per individual, echoed back in the allocations")
+    columns: list[list[float]] | None = Field(
+        default=None, description="one array of len(ids) numbers per feature, in GET /model's `features` order"
+    )
+    matrix: list[list[float]] | None = Field(
+        default=None, description="instead of columns: one array per individual, in GET /model's `features` order"
+    )
+    allowed_treatments: list[list[int] | None] | None = Field(
+        default=None, description="per individual: null (all allowed) or the treatment ids it may get"
+    )
+
+
 class Allocation(BaseModel):
     id: str | int
     treatment: int
     treatment_name: str
     expected_revenue: float
     expected_cost: float
+    decision_id: str = Field(description="id of this decision in the decision log: report outcomes against it")
 
 
 class AllocateResponse(BaseModel):
@@ -168,6 +187,65 @@ def budget_body_schema() -> dict[str, Any]:
         "additionalProperties": False,
     }
     return {"oneOf": [per_capita, total]}
+
+
+class ExplorationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="share of decisions explored, 0..1")
+
+
+class ExplorationOut(BaseModel):
+    campaign: str
+    epsilon: float
+    updated_at: str | None = Field(description="when it was set (PUT only)")
+
+
+# Examples for the default model (models/default): its 10 features in GET /model order.
+_ROW = [24.0, 3.0, 41.5, 12.0, 9.0, 0.35, 1.0, 0.0, 1.0, 0.0]
+_ROW_2 = [3.0, 0.0, 0.0, 80.0, 1.0, 0.7, 0.0, 1.0, 0.0, 0.0]
+ALLOCATE_EXAMPLES = {
+    "rows": {
+        "summary": "Rows (default): one object per individual, features by name or as an array",
+        "value": {
+            "campaign": "default",
+            "individuals": [
+                {
+                    "id": "user-1",
+                    "features": {
+                        "tenure_months": 24,
+                        "orders_90d": 3,
+                        "avg_basket": 41.5,
+                        "days_since_order": 12,
+                        "app_sessions_30d": 9,
+                        "discount_affinity": 0.35,
+                        "is_member": 1,
+                        "city_tier": "tier_2",
+                    },
+                },
+                {"id": "user-2", "features": _ROW_2, "allowed_treatments": [0, 1]},
+            ],
+        },
+    },
+    "columns": {
+        "summary": "Columns (batch callers): one array per feature, in GET /model order",
+        "value": {
+            "campaign": "default",
+            "ids": ["user-1", "user-2"],
+            "columns": [list(pair) for pair in zip(_ROW, _ROW_2, strict=True)],
+        },
+    },
+    "matrix": {
+        "summary": "Matrix (batch callers): one array per individual, in GET /model order",
+        "value": {"campaign": "default", "ids": ["user-1", "user-2"], "matrix": [_ROW, _ROW_2]},
+    },
+}
+
+
+def allocate_request_body() -> dict[str, Any]:
+    """The /allocate requestBody for OpenAPI: either body form, with an example of each."""
+    schema = {"oneOf": [inline_schema(AllocateRequest), inline_schema(AllocateColumnsRequest)]}
+    return {"required": True, "content": {"application/json": {"schema": schema, "examples": ALLOCATE_EXAMPLES}}}
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -128,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="method the improvement is measured against (default: the first model)")
     p.add_argument("--out", required=True, type=Path, help="directory for results.json, results.md, cost_curves.png")
 
+    p = sub.add_parser("logs", help="decision log + outcomes → RCT (exploration), OBS and validation tables")
+    p.add_argument("--decisions", required=True, type=Path, help="the sink's output directory (Parquet)")
+    p.add_argument("--outcomes", required=True, type=Path, help="table: decision_id and the config's revenue, cost")
+    p.add_argument("--config", required=True, type=Path, help="dataset config (TOML) of the model's data")
+    p.add_argument("--out", required=True, type=Path, help="directory for the tables `train` reads")
+    p.add_argument("--val-share", type=float, default=0.2, help="share of exploration rows for validation")
+    p.add_argument(
+        "--holdout-hours",
+        type=float,
+        default=24.0,
+        help="exploration rows of the last H hours form rct_shadow.parquet, kept out of training (0 = none)",
+    )
+    p.add_argument("--drop-unmatched-decisions", action="store_true", help="leave out decisions with no outcome")
+
+    p = sub.add_parser("shadow", help="candidate vs live model on the latest exploration slice; promotion decision")
+    p.add_argument("--candidate", required=True, type=Path, help="candidate checkpoint (.pt) or artifact directory")
+    p.add_argument("--live", required=True, type=Path, help="live checkpoint (.pt) or artifact directory")
+    p.add_argument("--slice", required=True, type=Path, help="exploration slice (rct_shadow.parquet)")
+    p.add_argument("--config", type=Path, help="dataset config (default: the one saved in the checkpoint)")
+    p.add_argument("--budgets", type=_floats, help="per-capita budgets (default: 10-level grid of the slice)")
+    p.add_argument("--bootstrap", type=int, default=400, help="paired bootstrap resamples")
+    p.add_argument("--estimator", choices=["ipw", "dr"], default="ipw", help="IPW/EOM (default) or doubly robust")
+    p.add_argument("--margin", type=float, default=0.01, help="largest tolerated loss, share of the live area")
+    p.add_argument("--out", type=Path, help="write the result as JSON here")
+
     p = sub.add_parser("export", help="export a checkpoint to a serving artifact (ONNX + manifest + population)")
     p.add_argument("--model", required=True, type=Path, help="checkpoint to export")
     p.add_argument("--population", required=True, type=Path, help="table of the individuals the budget covers")

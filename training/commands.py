@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from training import benchmark
+from training import benchmark, shadow
 from training.config import DatasetConfig
 from training.data import CategoricalEncoding, encoding_from_feature_names, load_logs
 from training.dataset import Logs
@@ -21,6 +21,7 @@ from training.default_model import build_default_model
 from training.evaluate import budget_grid, eom_curve
 from training.export import export_artifact
 from training.hybrid import HybridFractions, build_hybrid
+from training.logs import build_training_tables
 from training.methods import METHODS, get_method, method_config, train_method
 from training.network import OutcomeNet, load_checkpoint, predict, save_checkpoint
 from training.report import format_table, write_report
@@ -228,6 +229,46 @@ def run_evaluate(args: argparse.Namespace) -> None:
     )
     say(format_table(result.curves, reference=reference, intervals=result.intervals))
     say(f"wrote {args.out}/results.json, results.md and cost_curves.png")
+
+
+def run_logs(args: argparse.Namespace) -> None:
+    config = DatasetConfig.load(args.config)
+    summary = build_training_tables(
+        args.decisions,
+        args.outcomes,
+        config,
+        args.out,
+        val_share=args.val_share,
+        holdout_hours=args.holdout_hours,
+        drop_unmatched_decisions=args.drop_unmatched_decisions,
+    )
+    say(json.dumps(summary["rows"]))
+    paths = summary["paths"]
+    say(
+        f"next: python -m training train --method bidfcl-ppl --rct {paths['rct_train']} --obs {paths['obs']} "
+        f"--val {paths['rct_val']} --config {paths['config']} --out runs/candidate.pt"
+    )
+
+
+def run_shadow(args: argparse.Namespace) -> None:
+    config = DatasetConfig.load(args.config) if args.config else None
+    candidate, slice_logs = shadow.predictions(args.candidate, args.slice, config)
+    live, live_logs = shadow.predictions(args.live, args.slice, config)
+    if live_logs.n_rows != slice_logs.n_rows:
+        raise ValueError(f"{args.live} reads {args.slice} differently from {args.candidate} (row count differs)")
+    budgets = np.asarray(args.budgets, dtype=float) if args.budgets else None
+    result = shadow.shadow_evaluate(
+        candidate, live, slice_logs, budgets, n_boot=args.bootstrap, margin=args.margin, estimator=args.estimator
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    low, high = result.gain_interval
+    say(
+        f"slice {result.rows} rows ({result.estimator}): candidate {result.candidate_area:.5g}, "
+        f"live {result.live_area:.5g}, gain {result.gain:+.5g} [{low:+.5g}, {high:+.5g}] ({result.gain_percent:+.2f}%)"
+    )
+    say(("PROMOTE: " if result.promote else "KEEP LIVE: ") + result.reason)
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -315,3 +315,38 @@ def test_compose_runs_redis_and_the_service() -> None:
     assert any(p.endswith(":8000") for p in allocator["ports"])
     assert services["train"]["build"]["target"] == "train"
     assert services["train"]["profiles"] == ["train"]
+
+
+def test_sink_writes_to_its_volume_and_may_reach_redis() -> None:
+    sink = _one("Deployment", "dfcl-allocator-sink")
+    pod = _pod_spec(sink)
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "service.sink"]
+    out = command[command.index("--out") + 1]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == out)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = _one("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # the training Job reads what the sink writes
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][-2:] == ["--check-heartbeat", "/tmp/sink-heartbeat"]
+    assert command[command.index("--heartbeat") + 1] == "/tmp/sink-heartbeat"
+    labels = sink["spec"]["template"]["metadata"]["labels"]
+    policy = _one("NetworkPolicy", "redis-from-allocator")
+    allowed = [rule["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"][0]["from"]]
+    assert any(selector.items() <= labels.items() for selector in allowed)
+    assert container["envFrom"] == [{"configMapRef": {"name": "allocator-config"}}]  # ALLOCATOR_REDIS_URL
+
+
+def _cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_worker_count_matches_the_pod_cpus() -> None:
+    data = _one("ConfigMap", "allocator-config")["data"]
+    workers, threads = int(data["ALLOCATOR_WORKERS"]), int(data["ALLOCATOR_THREADS"])
+    resources = _pod_spec(_one("Deployment", "dfcl-allocator"))["containers"][0]["resources"]
+    requested, limit = _cpus(resources["requests"]["cpu"]), _cpus(resources["limits"]["cpu"])
+    # Each worker runs one event loop and `threads` onnxruntime threads: one core each, never throttled below.
+    assert requested == limit == workers * threads, (workers, threads, resources)
+    assert workers > 1 and data["ALLOCATOR_REDIS_URL"], "several workers share λ* through Redis"

@@ -35,6 +35,7 @@ def replica_pair(redis_url: str, tmp_path: Path) -> Iterator[tuple[Replica, Repl
     env = clean_env(
         ALLOCATOR_MODEL_DIR=str(MODEL_DIR),
         ALLOCATOR_REDIS_URL=redis_url,
+        ALLOCATOR_WORKERS="1",  # a replica is one process here: SIGKILL must take down the whole replica
         ALLOCATOR_ADMIN_TOKEN=ADMIN_TOKEN,
         ALLOCATOR_THREADS="1",
         ALLOCATOR_LOG_LEVEL="WARNING",

@@ -99,3 +99,25 @@ def test_random_allocate_bodies_never_500(client: TestClient, body: Any) -> None
 def test_random_budget_bodies_never_500(client: TestClient, body: Any) -> None:
     response = client.post("/budget", content=orjson.dumps(body), headers={**ADMIN, "content-type": "application/json"})
     assert response.status_code in (200, 422), response.text
+
+
+column_values = st.lists(feature_values, min_size=1, max_size=3)
+columnar_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "campaign": json_values,
+        "ids": st.one_of(st.lists(st.one_of(st.text(max_size=4), st.integers(-5, 5), json_values), max_size=3)),
+        "columns": st.one_of(st.lists(column_values, min_size=3, max_size=5), json_values),
+        "matrix": st.one_of(st.lists(st.lists(feature_values, min_size=3, max_size=5), max_size=3), json_values),
+        "allowed_treatments": st.one_of(st.lists(st.one_of(st.none(), st.lists(st.integers(-2, 4))), max_size=3)),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=columnar_bodies)
+def test_random_columnar_bodies_never_500(client: TestClient, body: Any) -> None:
+    response = client.post("/allocate", content=orjson.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code in (200, 413, 422), response.text
+    if response.status_code == 200:
+        assert len(response.json()["allocations"]) == len(body["ids"])

@@ -250,7 +250,7 @@ def test_what_the_published_schema_allows_is_accepted(client: TestClient) -> Non
     assert response.status_code == 200 and response.json()["allocations"][0]["treatment"] in (0, 2)
     schema = client.get("/openapi.json").json()
     features = schema["paths"]["/allocate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    features = features["properties"]["individuals"]["items"]["properties"]["features"]["anyOf"]
+    features = features["oneOf"][0]["properties"]["individuals"]["items"]["properties"]["features"]["anyOf"]
     array = next(form for form in features if form["type"] == "array")
     assert array["minItems"] == array["maxItems"] == 4  # the toy model's D: `features: []` is not allowed
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +142,6 @@ def test_allocations_under_a_redis_lambda_match_the_decision_rule(
     lam = client.post("/budget", json={"budget_per_capita": 0.6}, headers=ADMIN).json()["lambda"]
     artifact = load_artifact(model_dir)
     x = artifact.population[-200:]
-    started = time.perf_counter()
     body = client.post("/allocate", json={"individuals": [{"id": i, "features": r.tolist()} for i, r in enumerate(x)]})
-    assert time.perf_counter() - started < 5.0
     revenue, cost = artifact.predict(x)
     np.testing.assert_array_equal([a["treatment"] for a in body.json()["allocations"]], choose(revenue, cost, lam))

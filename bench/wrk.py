@@ -1,0 +1,120 @@
+"""Load from outside the server: `wrk` (a C load generator, Debian package `wrk`; `make bench-deps` installs it).
+
+`run_wrk` POSTs one JSON body over a fixed number of keep-alive connections for a fixed time (bench/post.lua)
+and returns req/s, client-observed p50/p99 latency, the server's own time per request (its Server-Timing
+header) and the CPU time that wrk and the server used meanwhile, so a report can say what share of the
+shared cores the client took.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LUA_SCRIPT = Path(__file__).resolve().parent / "post.lua"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SUMMARY = re.compile(r"BENCH non200=(\d+) errors=(\d+) requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    connections: int
+    seconds: float
+    requests: int
+    rps: float
+    p50_ms: float  # client-observed (wrk)
+    p99_ms: float
+    server_p50_ms: float  # Server-Timing: the app's own time per request
+    server_p99_ms: float
+    server_cpu_p50_ms: float  # Server-Timing cpu: the process's CPU time during the request (one in flight)
+    client_cpu: float  # wrk's CPU seconds per wall second (1.0 = one full core)
+    server_cpu: float  # the server processes' CPU seconds per wall second
+    load_before: float  # 1-minute load average when the run started
+    failures: int  # non-200 answers and socket errors
+
+
+def require_wrk() -> str:
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise SystemExit("wrk is not installed: `make bench-deps` installs it (Debian package wrk)")
+    return binary
+
+
+def process_tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by `root` and its live child processes (uvicorn workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        pid = int(stat.parent.name)
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, …
+        if pid == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return total
+
+
+def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid: int) -> LoadResult:
+    """POST `body` to `url` from `connections` connections (one wrk thread) for `seconds`."""
+    binary = require_wrk()
+    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
+        handle.write(body)
+        handle.flush()
+        env = {**os.environ, "BODY_FILE": handle.name}
+        command = [binary, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA_SCRIPT), url]
+        load_before = os.getloadavg()[0]
+        server_before = process_tree_cpu(server_pid)
+        client_before = _children_cpu()  # wrk is the only child reaped during the run
+        started = time.perf_counter()
+        process = subprocess.run(command, env=env, capture_output=True, check=False)
+        elapsed = time.perf_counter() - started
+        client_cpu = _children_cpu() - client_before
+        server_cpu = process_tree_cpu(server_pid) - server_before
+    out, err = process.stdout, process.stderr
+    text = out.decode()
+    summary = re.search(
+        r"BENCH non200=(\d+) errors=(\d+) requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)", text
+    )
+    timings = re.search(r"BENCH server_ms=([\d.,]*)", text)
+    cpu_timings = re.search(r"BENCH cpu_ms=([\d.,]*)", text)
+    if process.returncode != 0 or summary is None or timings is None or cpu_timings is None:
+        raise SystemExit(f"wrk failed ({process.returncode}): {err.decode()[-2000:]}{text[-2000:]}")
+    non200, errors, requests, duration_us, p50_us, p99_us = (int(g) for g in summary.groups())
+    server_ms, cpu_ms = _values(timings.group(1)), _values(cpu_timings.group(1))
+    duration = duration_us / 1e6
+    return LoadResult(
+        connections=connections,
+        seconds=duration,
+        requests=requests,
+        rps=requests / duration,
+        p50_ms=p50_us / 1e3,
+        p99_ms=p99_us / 1e3,
+        server_p50_ms=float(np.percentile(server_ms, 50)),
+        server_p99_ms=float(np.percentile(server_ms, 99)),
+        server_cpu_p50_ms=float(np.percentile(cpu_ms, 50)),
+        client_cpu=client_cpu / elapsed,
+        server_cpu=server_cpu / elapsed,
+        load_before=load_before,
+        failures=non200 + errors,
+    )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _values(text: str) -> np.ndarray:
+    """Comma-separated numbers; [0] when there are none (the trivial app sends no Server-Timing)."""
+    values = [float(v) for v in text.split(",") if v]
+    return np.array(values or [0.0])
