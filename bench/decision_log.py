@@ -2,10 +2,11 @@
 
     python -m bench.decision_log --rows 1000 --rounds 200
 
-Runs in-process, as the service does: `DecisionLog.append` (what /allocate calls) and one shipping round
-(`DecisionLog._ship`, the background task's pipelined write through the async redis-py client) per batch, on
-one event loop, against a redis-server started on a free port. Reports this process's CPU time (all threads;
-redis-server's own CPU is not counted) per decision for:
+Runs in-process, as the service does: `DecisionLog.append` (what /allocate calls) and shipping rounds
+(`DecisionLog._ship`, the background task's pipelined write through the async redis-py client) on one event
+loop, against a redis-server started on a free port; `--per-round` batches are appended before each round, as
+requests arriving while a round is in flight are coalesced into the next one. Reports this process's CPU time
+(all threads; redis-server's own CPU is not counted) per batch and per decision for:
 - format 2, one stream entry per batch (what the shipper writes);
 - format 1, one stream entry per decision (the layout before, rebuilt here as it was for the comparison);
 - the packing alone (`DecisionBatch.entry`), on the loop and through `asyncio.to_thread`, to decide whether
@@ -110,7 +111,7 @@ async def cpu_per_round(rounds: int, step: Callable[[], Awaitable[None]]) -> flo
     return statistics.median(samples)
 
 
-async def measure(url: str, n: int, d: int, rounds: int) -> dict[str, float]:
+async def measure(url: str, n: int, d: int, rounds: int, per_round: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     batches = [make_batch(n, d, rng) for _ in range(8)]
     results: dict[str, float] = {}
@@ -122,11 +123,12 @@ async def measure(url: str, n: int, d: int, rounds: int) -> dict[str, float]:
         log = _log(cls, url, f"bench-{cls.__name__}", d)
 
         async def ship(log: DecisionLog = log) -> None:
-            log.append(batches[int(rng.integers(len(batches)))])
+            for _ in range(per_round):
+                log.append(batches[int(rng.integers(len(batches)))])
             await log._ship(log.buffer.take(log.ship_rows))
 
         await ship()  # connect and warm up
-        results[name] = await cpu_per_round(rounds, ship)
+        results[name] = await cpu_per_round(rounds, ship) / per_round
         await log.stop(drain_seconds=0.0)
     batch = batches[0]
 
@@ -141,10 +143,11 @@ async def measure(url: str, n: int, d: int, rounds: int) -> dict[str, float]:
     return results
 
 
-def table(results: dict[str, float], n: int, d: int, rounds: int) -> str:
+def table(results: dict[str, float], n: int, d: int, rounds: int, per_round: int) -> str:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     lines = [
-        f"{n:,}-row batches, {d} float32 features, median of {rounds} rounds (packing: {5 * rounds}); "
+        f"{n:,}-row batches, {d} float32 features, {per_round} batch(es) per shipping round, median of {rounds} "
+        f"rounds (packing: {5 * rounds} calls); "
         f"load average (1/5/15 min) {load}.",
         "",
         "| what | CPU per batch | CPU per decision | decisions/s per core |",
@@ -162,15 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000, help="decisions per batch (one /allocate request)")
     parser.add_argument("--features", type=int, default=13, help="encoded features per decision")
     parser.add_argument("--rounds", type=int, default=200, help="batches shipped per format")
+    parser.add_argument(
+        "--per-round", type=int, default=1, help="batches appended before each shipping round (it coalesces them)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     with redis_server() as url:
         if url is None:
             print("redis-server not found on PATH", file=sys.stderr)
             return 2
-        results = asyncio.run(measure(url, args.rows, args.features, args.rounds))
+        results = asyncio.run(measure(url, args.rows, args.features, args.rounds, args.per_round))
         redis.Redis.from_url(url).flushall()
-    text = table(results, args.rows, args.features, args.rounds)
+    text = table(results, args.rows, args.features, args.rounds, args.per_round)
     print(text)
     if not args.no_write:
         command = "python -m bench.decision_log " + " ".join(argv if argv is not None else sys.argv[1:])
