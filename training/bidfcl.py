@@ -185,6 +185,18 @@ class _Bilevel:
         self.target_opt = torch.optim.Adam(target.parameters(), lr=config.lr_target, foreach=True)
         self.prime_opt = torch.optim.Adam(self.prime.parameters(), lr=config.lr_target, foreach=True)
         self.bridge_opt = torch.optim.Adam(bridge.parameters(), lr=config.lr_bridge, foreach=True)
+        # The modules whose forward is differentiated by the lower steps on θ and θ′: the networks themselves
+        # in one process; DistributedDataParallel wrappers in a data-parallel run (training.scale.bilevel).
+        self.fit_target: torch.nn.Module = target
+        self.fit_prime_net: torch.nn.Module = self.prime
+
+    def average(self, flat: torch.Tensor) -> torch.Tensor:
+        """Mean over data-parallel ranks of a flat gradient-sized vector; the identity in one process."""
+        return flat
+
+    def lambdas(self, revenue: np.ndarray, cost: np.ndarray, rct: FactualBatch) -> list[float]:
+        """λ* per budget on the RCT batch (a data-parallel run solves on the union of the ranks' batches)."""
+        return ipw_lambdas(revenue, cost, rct, self.budgets)
 
     def gates(self, features: torch.Tensor, warm: bool) -> torch.Tensor:
         """(B, 2K) W = σ(G_φ(x)), or the constant gate during the warm start and in the fixed-gate ablation."""
@@ -197,7 +209,7 @@ class _Bilevel:
         """One Adam step on θ with pseudo-labels from the current φ; returns (L_low, factual part, mean gate)."""
         with torch.no_grad():
             gates = self.gates(batch.features, warm)
-        outputs = self.target(batch.features)  # (B, 2K); its detached copy is the step-start snapshot
+        outputs = self.fit_target(batch.features)  # (B, 2K); its detached copy is the step-start snapshot
         squared = (lower_targets(batch, gates, outputs) - outputs).square()  # (B, 2K)
         loss = squared.sum(dim=1).mean()  # = lower_loss, with the squares kept for the factual/pseudo split
         self.target_opt.zero_grad(set_to_none=True)
@@ -226,7 +238,7 @@ class _Bilevel:
         prime_opt = self._copy_target()
         for _ in range(self.config.k_steps):
             prime_opt.zero_grad(set_to_none=True)
-            lower_loss(self.prime(batch.features), targets).backward()
+            lower_loss(self.fit_prime_net(batch.features), targets).backward()
             prime_opt.step()
 
     def upper_loss(self, outputs: torch.Tensor, rct: FactualBatch) -> torch.Tensor:
@@ -234,7 +246,7 @@ class _Bilevel:
         revenue, cost = split_outcomes(outputs, rct.n_treatments)
         R, C = revenue.detach().double().numpy(), cost.detach().double().numpy()
         total = outputs.new_zeros(())
-        for lam in ipw_lambdas(R, C, rct, self.budgets):
+        for lam in self.lambdas(R, C, rct):
             if self.config.upper_loss == "ppl":
                 total = total + ppl_loss(revenue, cost, rct, lam, self.config.tau)
             else:
@@ -252,15 +264,18 @@ class _Bilevel:
         self.fit_prime(batch, targets.detach())
         params = list(self.prime.parameters())
         upper = self.upper_loss(self.prime(rct.features), rct)
-        upper_grad = flatten(torch.autograd.grad(upper, params))  # (P_θ,) ∇_θ′ L_up(θ′*)
+        upper_grad = self.average(flatten(torch.autograd.grad(upper, params)))  # (P_θ,) ∇_θ′ L_up(θ′*)
         low = lower_loss(self.prime(batch.features), targets)  # L_low(φ, θ′*), reaches φ through the gates
         bridge_params = list(self.bridge.parameters())
         if cfg.hypergradient == "implicit":
             hyper = implicit_hypergradient(
-                low, params, bridge_params, upper_grad, max_iter=cfg.n_cg, tol=cfg.cg_tol, damping=cfg.damping
-            )
+                low, params, bridge_params, upper_grad, max_iter=cfg.n_cg, tol=cfg.cg_tol, damping=cfg.damping,
+                average=self.average,
+            )  # fmt: skip
         else:
-            hyper = explicit_hypergradient(low, params, bridge_params, upper_grad, step_size=cfg.lr_target)
+            hyper = explicit_hypergradient(
+                low, params, bridge_params, upper_grad, step_size=cfg.lr_target, average=self.average
+            )
         self.bridge_opt.zero_grad(set_to_none=True)
         for p, g in zip(bridge_params, hyper.grads, strict=True):
             p.grad = g.detach()

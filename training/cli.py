@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="training epochs (method default if omitted)")
     p.add_argument("--batch-size", type=int, help="mini-batch rows (single-level methods)")
+    p.add_argument("--obs-batch-size", type=int, help="Bi-DFCL: OBS rows per lower step (per rank under torchrun)")
+    p.add_argument("--rct-batch-size", type=int, help="Bi-DFCL: RCT rows per upper step (per rank under torchrun)")
     p.add_argument("--lr", type=float, help="learning rate (single-level methods)")
     p.add_argument("--alpha", type=float, help="DFCL: weight of the prediction loss")
     p.add_argument("--tau", type=float, help="softmax temperature (MER, PPL)")
@@ -86,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="DFCL/Bi-DFCL checkpoint score on validation: doubly robust (default) or the IPW EOM area",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream the training table (Parquet file or directory) in row-group shards; implied under torchrun",
+    )
+    p.add_argument(
+        "--shuffle-buffer", type=int, default=65_536, help="streamed: rows shuffled together (default 65536)"
+    )
+    p.add_argument("--resume-dir", type=Path, help="streamed: per-epoch resume state here (shared by all ranks)")
+    p.add_argument("--encoding", type=Path, help="streamed: a saved encoding (JSON) instead of fitting one")
+    p.add_argument(
+        "--steps-per-epoch", type=int, help="streamed: end each epoch after this many batches per rank (timing runs)"
+    )
+    p.add_argument("--warm-start-epochs", type=int, help="DFCL/Bi-DFCL: epochs before the decision/bilevel loss")
 
     p = sub.add_parser("evaluate", help="EOM cost curves of one or more checkpoints on held-out RCT data")
     p.add_argument("--model", required=True, action="append", type=Path, help="checkpoint (repeat to compare)")

@@ -25,6 +25,7 @@ from training.logs import build_training_tables
 from training.methods import METHODS, get_method, train_method
 from training.network import OutcomeNet, load_checkpoint, predict, save_checkpoint
 from training.report import format_table, write_report
+from training.scale.ranks import launched_by_torchrun
 from training.synthetic import SyntheticSpec, write_benchmark
 
 
@@ -118,6 +119,11 @@ def validation_metrics(model: OutcomeNet, val: Logs) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> None:
     get_method(args.method)
+    if args.stream or launched_by_torchrun():
+        from training.scale.command import run_streamed_train  # the streamed trainers load only when used
+
+        run_streamed_train(args, say)
+        return
     config = DatasetConfig.load(args.config)
     rct, obs, val, encoding = load_splits(config, args.rct, args.obs, args.val, args.seed)
     overrides = {
@@ -129,7 +135,10 @@ def run_train(args: argparse.Namespace) -> None:
         "tau": args.tau,
         "lams": tuple(args.lams) if args.lams else None,
         "n_cg": args.n_cg,
+        "obs_batch_size": args.obs_batch_size,
+        "rct_batch_size": args.rct_batch_size,
         "validation": args.validation,
+        "warm_start_epochs": args.warm_start_epochs,
     }
     model, info = train_method(
         args.method, rct_train=rct, rct_val=val, obs=obs, overrides=overrides, progress=not args.quiet
