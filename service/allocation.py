@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from service.artifact import Artifact
 from service.decision import BudgetError, choose
 from service.decisions.exploration import Explored, explore, utc_day
-from service.decisions.record import DecisionBatch, new_decision_ids
+from service.decisions.record import DecisionBatch, decision_ids, new_batch_token
 from service.decisions.shipper import DecisionLog
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
@@ -45,7 +45,8 @@ def allocate(
     treatment = explored.treatment
     # Issue 13's ledger cap goes here, after exploration, so exploration spend counts against the campaign's
     # budget (a capped row's logged propensity then describes the draw, not the cap).
-    decision_ids = new_decision_ids(len(treatment))
+    token = new_batch_token()
+    ids = decision_ids(token, len(treatment))
     header = {
         "campaign": batch.campaign,
         "model_version": artifact.model_version,
@@ -53,11 +54,11 @@ def allocate(
         "lambda_version": served.version,
     }
     names = artifact.manifest.treatment_names
-    body = encode_allocations(batch.ids, treatment, revenue, cost, names, header, decision_ids=decision_ids)
+    body = encode_allocations(batch.ids, treatment, revenue, cost, names, header, decision_ids=ids)
     if decisions is not None:
         decisions.append(
             DecisionBatch(
-                decision_ids=decision_ids,
+                token=token,
                 time=now,
                 campaign=batch.campaign,
                 individuals=batch.ids,

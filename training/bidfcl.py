@@ -25,6 +25,7 @@ from training.batch import FactualBatch, full_batch
 from training.dataset import Logs
 from training.evaluate import budget_grid
 from training.hypergradient import CGResult, explicit_hypergradient, flatten, implicit_hypergradient
+from training.losses import CLIPS
 from training.network import NetworkConfig, OutcomeNet, predict, split_outcomes, standardisation
 from training.train import VALIDATION_ESTIMATORS, TrainConfig, decision_score, fit_single_level
 from training.upper_losses import ipw_lambdas, pifd_loss, ppl_loss
@@ -48,16 +49,19 @@ class BiDFCLConfig:
     k_period: int = 5  # an upper step every k_period OBS batches
     k_steps: int = 5  # lower steps on the copy θ′ before the upper loss (§8.8)
     n_cg: int = 50
-    cg_tol: float = 1e-3  # relative residual ‖r‖/‖b‖
-    damping: float = 0.1  # δ in (H + δI)v = g; smaller values let the CG residual blow up before it meets pᵀHp ≤ 0
+    # CG and damping: chosen by `python -m bench.hypergradient_accuracy` (docs/bidfcl-analysis.md): δ = 0.01
+    # halves the error of δ = 0.1 against finite differences at the same cost; at full size CG stops on
+    # negative curvature (pᵀHp ≤ 0) within ~8 products, before any tolerance is met.
+    cg_tol: float = 1e-6  # relative residual ‖r‖/‖b‖
+    damping: float = 0.01  # δ in (H + δI)v = g
     upper_loss: str = "ppl"
     tau: float = 1.0
     hypergradient: str = "implicit"
     fixed_gate: float | None = None  # ablation: W ≡ fixed_gate, bridge never trained
     budgets_per_capita: tuple[float, ...] = ()  # empty → budget_fractions of the RCT arm-cost range (§8.5)
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    pifd_gap_quantile: float = 0.1
-    pifd_gap_floor: float = 1e-3
+    pifd_h: float = 0.3  # PIFD truncation threshold, DFCL-IFD's rule and value (TrainConfig.ifd_h)
+    pifd_clip: str = "fix"  # 'fix', 'max' or 'none', as DFCL-IFD (training.losses.truncated_difference)
     teacher_epochs: int = 60  # the TSM trainer's default; it stops early on validation
     teacher_lr: float = 1e-3
     seed: int = 0
@@ -80,7 +84,9 @@ class BiDFCLConfig:
             raise ValueError(
                 f"rct_batch_size must be >= 4 × obs_batch_size = {4 * self.obs_batch_size}, got {self.rct_batch_size}"
             )
-        for name in ("lr_target", "lr_bridge", "teacher_lr", "tau"):
+        if self.pifd_clip not in CLIPS:
+            raise ValueError(f"pifd_clip must be one of {CLIPS}, got {self.pifd_clip!r}")
+        for name in ("lr_target", "lr_bridge", "teacher_lr", "tau", "pifd_h"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (self.budgets_per_capita or self.budget_fractions) or not all(
@@ -251,7 +257,7 @@ class _Bilevel:
                 total = total + ppl_loss(revenue, cost, rct, lam, self.config.tau)
             else:
                 cfg = self.config
-                total = total + pifd_loss(revenue, cost, rct, lam, cfg.tau, cfg.pifd_gap_quantile, cfg.pifd_gap_floor)
+                total = total + pifd_loss(revenue, cost, rct, lam, cfg.tau, cfg.pifd_h, cfg.pifd_clip)
         return total / len(self.budgets)
 
     def upper_step(self, batch: LowerBatch, rct: FactualBatch) -> tuple[float, CGResult | None]:
