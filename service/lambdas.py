@@ -58,21 +58,23 @@ class BudgetSolver:
     def accepted_budgets(self) -> tuple[float, float]:
         """The per-capita budgets `solve` answers (as OpenAPI publishes them): the cheapest policy's spend to the
         λ = 0 policy's, plus the rounding slack `solve` allows above it."""
-        return self.min_spend_per_capita, self.max_spend_per_capita * (1 + 1e-9) + 1e-12
+        floor = self.min_spend_per_capita
+        return floor - 1e-12 * (abs(floor) + 1.0), self.max_spend_per_capita * (1 + 1e-9) + 1e-12
 
     def solve(self, budget_per_capita: float) -> Solution:
         """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
         if not math.isfinite(budget_per_capita):
             raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
+        lowest, highest = self.accepted_budgets
         floor = self.min_spend_per_capita
-        if budget_per_capita < floor - 1e-12 * (abs(floor) + 1.0):
+        if budget_per_capita < lowest:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita is below what the cheapest policy spends, "
                 f"{floor:.6g} per capita (every individual on their cheapest treatment); no allocation fits"
             )
         ceiling = self.max_spend_per_capita
-        if budget_per_capita > self.accepted_budgets[1]:
+        if budget_per_capita > highest:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita exceeds the most this population can spend, "
                 f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "

@@ -37,7 +37,7 @@ def install(app: FastAPI) -> None:
         runtime = getattr(app.state, "runtime", None)
         if runtime is not None:  # the model is loaded once the lifespan has started
             _narrow_allocate_body(schema, runtime.artifact.manifest)
-            _narrow_budget_body(schema, runtime.solver.min_spend_per_capita, runtime.solver.max_spend_per_capita)
+            _narrow_budget_body(schema, *runtime.solver.accepted_budgets)
             _narrow_what_if_query(schema, *runtime.solver.accepted_budgets)
             app.openapi_schema = schema  # only cache the complete document
         return schema
