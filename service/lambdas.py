@@ -80,7 +80,8 @@ class BudgetSolver:
                 f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "
                 f"any budget of at least {ceiling:.6g} buys that policy"
             )
-        return self.sweep.solve_per_capita(min(budget_per_capita, ceiling), with_assignment=False)
+        # Within the rounding slack of either end: the end itself (the sweep checks totals with its own slack).
+        return self.sweep.solve_per_capita(min(max(budget_per_capita, floor), ceiling), with_assignment=False)
 
     def cheapest_lambda(self) -> float:
         """A λ at which argmax_j (r − λc) (ties to the cheaper) puts every row on its cheapest hull vertex."""
