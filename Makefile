@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: serve test lint typecheck unit train model bench bench-deps quality redis-server wrk clean
+.PHONY: serve test lint typecheck unit train model bench bench-deps quality redis-server chromium wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,18 @@ serve: $(VENV)/.serve
 	ALLOCATOR_ADMIN_TOKEN=$${ALLOCATOR_ADMIN_TOKEN:-$(ADMIN_TOKEN)} $(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 ## test: linters, type checks and the whole test suite (starts its own redis-server processes)
-test: redis-server $(VENV)/.dev lint typecheck unit
+test: redis-server chromium $(VENV)/.dev lint typecheck unit
 
 redis-server:
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 		(apt-get update -qq && apt-get install -y -qq redis-server) || \
 		(sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
+
+# Debian's headless-capable Chromium for the console's browser tests (tests/browser/, driven by Playwright).
+chromium:
+	@command -v chromium >/dev/null || { echo "installing chromium"; \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core) || \
+		(sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core); }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training bench tests
@@ -53,6 +59,7 @@ bench: bench-deps $(VENV)/.dev
 	$(BIN)/python -m bench.solver
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.console
 
 ## bench-deps: what the benchmarks run besides Python: redis-server, and wrk (a C load generator) for bench.serve
 bench-deps: redis-server wrk

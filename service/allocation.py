@@ -13,7 +13,7 @@ from service.artifact import Artifact
 from service.campaigns.wallet import SliceWallet
 from service.decision import BudgetError, choose
 from service.decisions.exploration import Explored, explore, utc_day
-from service.decisions.record import DecisionBatch, new_decision_ids
+from service.decisions.record import DecisionBatch, decision_ids, new_batch_token
 from service.decisions.shipper import DecisionLog
 from service.errors import RequestError
 from service.lambdas import BudgetSolver, LambdaTable, Served
@@ -47,7 +47,8 @@ def allocate(
     policy = choose(revenue, cost, served.lam, batch.allowed)  # (N,)
     explored = exploration_override(batch, policy, artifact.manifest.n_treatments, epsilon, now)
     treatment = explored.treatment
-    decision_ids = new_decision_ids(len(treatment))
+    token = new_batch_token()
+    ids = decision_ids(token, len(treatment))
     header: dict[str, object] = {
         "campaign": batch.campaign,
         "model_version": artifact.model_version,
@@ -61,11 +62,11 @@ def allocate(
         treatment = capped.treatment
         header.update(campaign_status=capped.status.value, capped=capped.capped)
     names = artifact.manifest.treatment_names
-    body = encode_allocations(batch.ids, treatment, revenue, cost, names, header, decision_ids=decision_ids)
+    body = encode_allocations(batch.ids, treatment, revenue, cost, names, header, decision_ids=ids)
     if decisions is not None:
         decisions.append(
             DecisionBatch(
-                decision_ids=decision_ids,
+                token=token,
                 time=now,
                 campaign=batch.campaign,
                 individuals=batch.ids,

@@ -52,15 +52,21 @@ class Artifact:
         return revenue, cost
 
 
-def _session(model_path: Path, threads: int) -> ort.InferenceSession:
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """The onnxruntime settings every model session uses: the service's, and `training.export`'s check of the
+    exported model, so the default λ* written at export is computed from the very same float32 outputs."""
     options = ort.SessionOptions()
     # One request is a few thousand rows at most: more threads than the pod's CPUs only adds contention.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _session(model_path: Path, threads: int) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model_path), session_options(threads), providers=["CPUExecutionProvider"])
     except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.InvalidArgument) as error:
         raise ValueError(f"{model_path}: onnxruntime cannot load the model ({error})") from error
 

@@ -77,7 +77,10 @@ class Settings(BaseSettings):
         default=200_000, gt=0, description="decisions buffered in memory for the log; beyond it they are dropped"
     )
     decision_stream_maxlen: int = Field(
-        default=5_000_000, gt=0, description="approximate length cap of each campaign's decision stream"
+        default=20_000,
+        gt=0,
+        description="approximate length cap of each campaign's decision stream, in entries: one per /allocate "
+        "request (all its decisions), so 20,000 entries hold 20M decisions at 1,000 rows per request",
     )
     decision_ship_rows: int = Field(default=5_000, gt=0, description="decisions per pipelined write to Redis")
 

@@ -54,25 +54,34 @@ class BudgetSolver:
         """What the revenue-maximising policy (λ = 0) spends per individual: no budget can buy more."""
         return self.sweep.max_spend / self.sweep.n_rows
 
+    @property
+    def accepted_budgets(self) -> tuple[float, float]:
+        """The per-capita budgets `solve` answers (as OpenAPI publishes them): the cheapest policy's spend to the
+        λ = 0 policy's, plus the rounding slack `solve` allows above it."""
+        floor = self.min_spend_per_capita
+        return floor - 1e-12 * (abs(floor) + 1.0), self.max_spend_per_capita * (1 + 1e-9) + 1e-12
+
     def solve(self, budget_per_capita: float) -> Solution:
         """Exact λ*; BudgetError when the budget is not finite, below the cheapest policy's per-capita cost,
         or above what the revenue-maximising policy spends (checked per capita, so nothing overflows)."""
         if not math.isfinite(budget_per_capita):
             raise BudgetError(f"budget must be a finite number, got {budget_per_capita}")
+        lowest, highest = self.accepted_budgets
         floor = self.min_spend_per_capita
-        if budget_per_capita < floor - 1e-12 * (abs(floor) + 1.0):
+        if budget_per_capita < lowest:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita is below what the cheapest policy spends, "
                 f"{floor:.6g} per capita (every individual on their cheapest treatment); no allocation fits"
             )
         ceiling = self.max_spend_per_capita
-        if budget_per_capita > ceiling * (1 + 1e-9) + 1e-12:
+        if budget_per_capita > highest:
             raise BudgetError(
                 f"budget {budget_per_capita:.6g} per capita exceeds the most this population can spend, "
                 f"{ceiling:.6g} per capita (every individual on their revenue-maximising treatment, λ* = 0); "
                 f"any budget of at least {ceiling:.6g} buys that policy"
             )
-        return self.sweep.solve_per_capita(min(budget_per_capita, ceiling), with_assignment=False)
+        # Within the rounding slack of either end: the end itself (the sweep checks totals with its own slack).
+        return self.sweep.solve_per_capita(min(max(budget_per_capita, floor), ceiling), with_assignment=False)
 
     def cheapest_lambda(self) -> float:
         """A λ at which argmax_j (r − λc) (ties to the cheaper) puts every row on its cheapest hull vertex."""

@@ -20,14 +20,18 @@ from service import openapi
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
 from service.guards import DrainState, Guard
-from service.routes import allocate, budget, campaigns, exploration, system
+from service.routes import allocate, budget, campaigns, console, exploration, system
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import problems
 
 log = logging.getLogger("service.requests")
 
-ENDPOINTS = frozenset({"/allocate", "/budget", "/model", "/healthz", "/readyz", "/metrics"})
-QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level only
+CONSOLE_ENDPOINTS = frozenset(
+    {"/console", "/budget/curve", "/budget/whatif", "/budget/campaigns", "/allocations/counts"}
+)
+ENDPOINTS = frozenset({"/allocate", "/budget", "/model", "/healthz", "/readyz", "/metrics", *CONSOLE_ENDPOINTS})
+# Probes, scrapes and what an open console polls every few seconds: debug level only.
+QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/budget/campaigns", "/allocations/counts"})
 
 
 class RequestLog:
@@ -156,5 +160,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaigns.router)
     app.include_router(exploration.router)
     app.include_router(system.router)
+    app.include_router(console.router)
     openapi.install(app)
     return app

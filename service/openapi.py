@@ -37,7 +37,8 @@ def install(app: FastAPI) -> None:
         runtime = getattr(app.state, "runtime", None)
         if runtime is not None:  # the model is loaded once the lifespan has started
             _narrow_allocate_body(schema, runtime.artifact.manifest)
-            _narrow_budget_body(schema, runtime.solver.min_spend_per_capita, runtime.solver.max_spend_per_capita)
+            _narrow_budget_body(schema, *runtime.solver.accepted_budgets)
+            _narrow_what_if_query(schema, *runtime.solver.accepted_budgets)
             app.openapi_schema = schema  # only cache the complete document
         return schema
 
@@ -124,3 +125,14 @@ def _narrow_budget_body(schema: dict[str, Any], lowest: float, highest: float) -
     per_capita["minimum"] = lowest
     per_capita["maximum"] = highest
     per_capita["description"] += f" (this model: {lowest:.6g} to {highest:.6g})"
+
+
+def _narrow_what_if_query(schema: dict[str, Any], lowest: float, highest: float) -> None:
+    """GET /budget/whatif's budget: exactly the per-capita range the solver accepts (the console's preview)."""
+    parameters = schema["paths"]["/budget/whatif"]["get"]["parameters"]
+    per_capita = next(p for p in parameters if p["name"] == "budget_per_capita")["schema"]
+    if lowest > 0:  # else keep `exclusiveMinimum: 0`: the route refuses 0 even where it would fit
+        per_capita.pop("exclusiveMinimum", None)
+        per_capita["minimum"] = lowest
+    per_capita["maximum"] = highest
+    per_capita["description"] = f"{per_capita.get('description', '')} (this model: {lowest:.6g} to {highest:.6g})"

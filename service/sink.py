@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", help="Redis key prefix (default: ALLOCATOR_REDIS_PREFIX)")
     parser.add_argument("--group", default="sink", help="consumer group (default: sink)")
     parser.add_argument("--consumer", default=socket.gethostname(), help="consumer name (default: the host name)")
-    parser.add_argument("--batch", type=int, default=5_000, help="entries per stream per round")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="stream entries (one /allocate request each) per stream per round"
+    )
     parser.add_argument("--block-ms", type=int, default=1_000, help="pause when every stream is drained")
     parser.add_argument("--claim-idle-ms", type=int, default=60_000, help="take over entries pending this long")
     parser.add_argument("--once", action="store_true", help="drain what is there, then exit")

@@ -120,3 +120,35 @@ def test_bidfcl_is_compared_with_the_strongest_single_level_baseline() -> None:
     table = benchmark.versus_baseline_table(methods, best, samples, "oracle")
     assert table.splitlines()[2] == "| bidfcl-ppl | +25.00 [+25.00, +25.00] |"
     assert len(table.splitlines()) == 3  # only Bi-DFCL runs are compared
+
+
+def test_a_change_to_the_training_code_retrains_instead_of_reusing_the_cache(
+    tiny_suite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache fingerprint includes the training source: editing a training module invalidates old predictions."""
+    splits = tiny_splits(tiny_suite, 0)
+    code = tiny_suite / "training" / "fake_module.py"
+    code.parent.mkdir()
+    code.write_text("X = 1\n")
+    monkeypatch.setattr(benchmark, "SOURCE_FILES", (*benchmark.SOURCE_FILES, code))
+    benchmark.training_source_hash.cache_clear()
+    before = benchmark.run_fingerprint("tsm", splits, 0)
+    assert benchmark.run_fingerprint("tsm", splits, 0) == before
+    code.write_text("X = 2\n")
+    benchmark.training_source_hash.cache_clear()
+    assert benchmark.run_fingerprint("tsm", splits, 0) != before
+    benchmark.training_source_hash.cache_clear()
+    # Every training module is covered.
+    names = {path.name for path in benchmark.SOURCE_FILES}
+    assert {"train.py", "bidfcl.py", "upper_losses.py", "decision.py", "hull.py"} <= names
+
+
+def test_learned_bridge_is_compared_with_the_fixed_gate() -> None:
+    rng = np.random.default_rng(0)
+    per_seed = []
+    for _ in range(3):
+        fixed = 14.0 + rng.normal(0.0, 0.1, 50)
+        per_seed.append({"bidfcl-ppl": fixed * 1.02, "bidfcl-ppl-fixed": fixed})
+    table = benchmark.bridge_table(per_seed, "oracle")
+    assert "| method | oracle vs bidfcl-ppl-fixed % [95% CI] |" in table
+    assert "| bidfcl-ppl | +2.00 [+2.00, +2.00] |" in table

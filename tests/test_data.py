@@ -272,3 +272,31 @@ def test_save_logs_round_trip(tmp_path: Path, suffix: str) -> None:
     first = path.read_bytes()
     save_logs(logs, path)
     assert path.read_bytes() == first  # deterministic bytes (gzip without a timestamp)
+
+
+def test_boolean_columns_encode_as_one_0_1_feature(tmp_path: Path) -> None:
+    """yes/no and male/female columns declared boolean are one feature each, not a one-hot pair."""
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        'features = ["age"]\ntreatment = "arm"\ntreatments = ["a", "b"]\nrevenue = "revenue"\ncost = "cost"\n'
+        "min_rows_per_arm = 1\n"
+        'boolean = { newbie = ["no", "yes"], gender = ["male", "female"] }\n'
+    )
+    config = DatasetConfig.load(config_path)
+    assert config.boolean == (("newbie", "no", "yes"), ("gender", "male", "female"))
+    dumped = tmp_path / "again.toml"
+    config.dump(dumped)
+    assert DatasetConfig.load(dumped) == config
+    frame = pd.DataFrame(
+        {"age": [30, 41, 25, 60], "newbie": ["yes", "no", "no", "yes"], "gender": ["male", "male", "male", "male"],
+         "arm": ["a", "b", "a", "b"], "revenue": [1.0, 2.0, 0.0, 3.0], "cost": [0.0, 1.0, 0.0, 1.0]}
+    )  # fmt: skip
+    logs = load_logs(_write_csv(frame, tmp_path / "t.csv"), config)
+    assert logs.feature_names == ("age", "newbie", "gender")
+    np.testing.assert_array_equal(logs.features[:, 1], [1, 0, 0, 1])
+    np.testing.assert_array_equal(logs.features[:, 2], [0, 0, 0, 0])  # constant: still one column
+    encoding = encoding_from_feature_names(logs.feature_names, config)
+    assert CategoricalEncoding.from_dict(encoding.to_dict()) == encoding
+    frame.loc[2, "newbie"] = "maybe"
+    with pytest.raises(ValueError, match=r"t2.csv: boolean column 'newbie' has value 'maybe' at data row 3"):
+        load_logs(_write_csv(frame, tmp_path / "t2.csv"), config, encoding)

@@ -143,3 +143,27 @@ def test_hillstrom_hybrid(tmp_path: Path) -> None:
     assert list(read_table(paths["rct_test"]).columns) == list(read_table(HILLSTROM).columns)
     report = summary["logging_policy"]
     assert report["policy_incremental_roi"] is not None and report["random_incremental_roi"] > 0
+
+
+def test_thin_arms_are_warned_about_and_refused_when_strict(
+    synthetic_rct: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy that treats 2% of rows leaves OBS arms thin or empty: the CLI says so, --strict refuses."""
+    from training import cli
+
+    config_path = tmp_path / "config.toml"
+    CONFIG.dump(config_path)
+    argv = ["hybrid", "--input", str(synthetic_rct), "--config", str(config_path), "--top-share", "0.02",
+            "--rct-test", "0.2", "--ridge-alpha", "3", "--format", "csv"]  # fmt: skip
+    assert cli.main([*argv, "--out", str(tmp_path / "loose")]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads((tmp_path / "loose" / "summary.json").read_text())
+    assert summary["top_share"] == 0.02 and summary["fractions"]["rct_test"] == 0.2
+    assert summary["rows"]["rct_test"] == round(0.2 * 6_000)
+    assert (tmp_path / "loose" / "obs.csv").exists()
+    thin = [w for w in summary["warnings"] if w.startswith("obs: treatment")]
+    assert thin and all(f"warning: {w}" in err for w in summary["warnings"])
+    assert "logging policy: incremental ROI" in out and "lift" in out
+    assert cli.main([*argv, "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "unusable" in err and thin[0] in err and not (tmp_path / "strict").exists()

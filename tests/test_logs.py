@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.decisions.record import DecisionBatch, new_decision_ids
+from service.decisions.record import DecisionBatch, new_batch_token
 from service.decisions.sink import entries_table, write_durably
 from training.config import DatasetConfig
 from training.data import fit_encoding, load_logs, write_table
@@ -34,7 +34,7 @@ def _log(
     explore = rng.random(n) < explore_share
     treatment = np.where(explore, rng.integers(0, 3, n), 2 * (frame["discount_affinity"] > 0.3))
     batch = DecisionBatch(
-        decision_ids=new_decision_ids(n),
+        token=new_batch_token(),
         time=when,
         campaign="spring",
         individuals=[f"u{seed}-{i}" for i in range(n)],
@@ -46,11 +46,8 @@ def _log(
         explore=explore,
         features=features,
     )
-    entries = [
-        (f"{seed}-{i}".encode(), {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in e.items()})
-        for i, e in enumerate(batch.entries())
-    ]
-    table = entries_table(entries)
+    entry = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in batch.entry().items()}
+    table = entries_table([(f"{seed}-0".encode(), entry)])
     write_durably(table, out / "campaign=spring" / f"hour={seed}" / f"{seed}.parquet")
     schema = out / "_schema"
     schema.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ Validation (RCT) is the only data any method tunes or stops on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -184,11 +185,31 @@ def _train_run(name: str, splits: Splits, seed: int, progress: bool) -> tuple[An
     return model, info, time.perf_counter() - started
 
 
+# Code a run's predictions depend on: every training module and the decision rule and solver it shares with serving.
+SOURCE_FILES = (
+    *sorted((REPO / "training").glob("*.py")),
+    REPO / "service" / "decision.py",
+    REPO / "service" / "hull.py",
+)
+
+
+@functools.cache
+def training_source_hash() -> str:
+    """SHA-256 (16 hex digits) of the training code (`SOURCE_FILES`), path and bytes, as it is on disk now."""
+    digest = hashlib.sha256()
+    for path in SOURCE_FILES:
+        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def run_fingerprint(name: str, splits: Splits, seed: int) -> str:
-    """What a run's test predictions depend on besides the code: method, its full config, seed and data sizes."""
+    """What a run's test predictions depend on: the training code, method, its full config, seed and data sizes."""
     method, split = ALIASES.get(name, (name, "rct_train"))
     config = asdict(method_config(method, {"seed": seed}))
-    blob = json.dumps({"name": name, "split": split, "config": config, "rows": splits.describe}, sort_keys=True)
+    blob = json.dumps(
+        {"name": name, "split": split, "config": config, "rows": splits.describe, "code": training_source_hash()},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -206,8 +227,8 @@ def cached_predictions(name: str, splits: Splits, seed: int, cache: Path, fresh:
     """Test-set predictions of run `name`, its training seconds and kept epoch, trained or read from `cache`.
 
     The cache lets a long benchmark be resumed, or its seeds run in parallel processes sharing `--work`; a file
-    is reused only when its fingerprint (method config, seed, data sizes) matches and it holds every field.
-    `fresh` retrains regardless (do that after changing training code).
+    is reused only when its fingerprint (training code, method config, seed, data sizes) matches and it holds
+    every field, so a code change retrains by itself. `fresh` retrains regardless.
     """
     path = cache / f"{name}.npz"
     key = run_fingerprint(name, splits, seed)
@@ -328,6 +349,16 @@ def versus_baseline_table(
     return "\n".join(lines)
 
 
+def bridge_table(per_seed_samples: list[dict[str, NDArray[np.float64]]], kind: str) -> str:
+    """Markdown: the learned bridge (bidfcl-ppl) against the gate fixed at w = 0.5, paired like the main table."""
+    mean, lo, hi = hierarchical_interval(per_seed_samples, "bidfcl-ppl", "bidfcl-ppl-fixed")
+    return (
+        f"Learned bridge against the bridge fixed at w = 0.5 ({kind} area, paired like the table above):\n\n"
+        f"| method | {kind} vs bidfcl-ppl-fixed % [95% CI] |\n|---|---|\n"
+        f"| bidfcl-ppl | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] |"
+    )
+
+
 def run_benchmark(
     suite: str,
     methods: list[str],
@@ -401,6 +432,8 @@ def run_benchmark(
             f"\n\nAgainst the strongest baseline on this suite ({best}, by mean {main} area):\n\n"
             + versus_baseline_table(methods, best, samples_by_kind[main], main)
         )
+    if {"bidfcl-ppl", "bidfcl-ppl-fixed"} <= set(methods) and main in samples_by_kind:
+        table += "\n\n" + bridge_table(samples_by_kind[main], main)
     mean_curves = {name: _mean_curve(curves) for name, curves in curves_by_method.items()}
     write_report(
         mean_curves,

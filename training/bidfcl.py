@@ -25,6 +25,7 @@ from training.batch import FactualBatch, full_batch
 from training.dataset import Logs
 from training.evaluate import budget_grid
 from training.hypergradient import CGResult, explicit_hypergradient, flatten, implicit_hypergradient
+from training.losses import CLIPS
 from training.network import NetworkConfig, OutcomeNet, predict, split_outcomes, standardisation
 from training.train import VALIDATION_ESTIMATORS, TrainConfig, decision_score, fit_single_level
 from training.upper_losses import ipw_lambdas, pifd_loss, ppl_loss
@@ -48,16 +49,19 @@ class BiDFCLConfig:
     k_period: int = 5  # an upper step every k_period OBS batches
     k_steps: int = 5  # lower steps on the copy θ′ before the upper loss (§8.8)
     n_cg: int = 50
-    cg_tol: float = 1e-3  # relative residual ‖r‖/‖b‖
-    damping: float = 0.1  # δ in (H + δI)v = g; smaller values let the CG residual blow up before it meets pᵀHp ≤ 0
+    # CG and damping: chosen by `python -m bench.hypergradient_accuracy` (docs/bidfcl-analysis.md): δ = 0.01
+    # halves the error of δ = 0.1 against finite differences at the same cost; at full size CG stops on
+    # negative curvature (pᵀHp ≤ 0) within ~8 products, before any tolerance is met.
+    cg_tol: float = 1e-6  # relative residual ‖r‖/‖b‖
+    damping: float = 0.01  # δ in (H + δI)v = g
     upper_loss: str = "ppl"
     tau: float = 1.0
     hypergradient: str = "implicit"
     fixed_gate: float | None = None  # ablation: W ≡ fixed_gate, bridge never trained
     budgets_per_capita: tuple[float, ...] = ()  # empty → budget_fractions of the RCT arm-cost range (§8.5)
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    pifd_gap_quantile: float = 0.1
-    pifd_gap_floor: float = 1e-3
+    pifd_h: float = 0.3  # PIFD truncation threshold, DFCL-IFD's rule and value (TrainConfig.ifd_h)
+    pifd_clip: str = "fix"  # 'fix', 'max' or 'none', as DFCL-IFD (training.losses.truncated_difference)
     teacher_epochs: int = 60  # the TSM trainer's default; it stops early on validation
     teacher_lr: float = 1e-3
     seed: int = 0
@@ -80,7 +84,9 @@ class BiDFCLConfig:
             raise ValueError(
                 f"rct_batch_size must be >= 4 × obs_batch_size = {4 * self.obs_batch_size}, got {self.rct_batch_size}"
             )
-        for name in ("lr_target", "lr_bridge", "teacher_lr", "tau"):
+        if self.pifd_clip not in CLIPS:
+            raise ValueError(f"pifd_clip must be one of {CLIPS}, got {self.pifd_clip!r}")
+        for name in ("lr_target", "lr_bridge", "teacher_lr", "tau", "pifd_h"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (self.budgets_per_capita or self.budget_fractions) or not all(
@@ -185,6 +191,18 @@ class _Bilevel:
         self.target_opt = torch.optim.Adam(target.parameters(), lr=config.lr_target, foreach=True)
         self.prime_opt = torch.optim.Adam(self.prime.parameters(), lr=config.lr_target, foreach=True)
         self.bridge_opt = torch.optim.Adam(bridge.parameters(), lr=config.lr_bridge, foreach=True)
+        # The modules whose forward is differentiated by the lower steps on θ and θ′: the networks themselves
+        # in one process; DistributedDataParallel wrappers in a data-parallel run (training.scale.bilevel).
+        self.fit_target: torch.nn.Module = target
+        self.fit_prime_net: torch.nn.Module = self.prime
+
+    def average(self, flat: torch.Tensor) -> torch.Tensor:
+        """Mean over data-parallel ranks of a flat gradient-sized vector; the identity in one process."""
+        return flat
+
+    def lambdas(self, revenue: np.ndarray, cost: np.ndarray, rct: FactualBatch) -> list[float]:
+        """λ* per budget on the RCT batch (a data-parallel run solves on the union of the ranks' batches)."""
+        return ipw_lambdas(revenue, cost, rct, self.budgets)
 
     def gates(self, features: torch.Tensor, warm: bool) -> torch.Tensor:
         """(B, 2K) W = σ(G_φ(x)), or the constant gate during the warm start and in the fixed-gate ablation."""
@@ -197,7 +215,7 @@ class _Bilevel:
         """One Adam step on θ with pseudo-labels from the current φ; returns (L_low, factual part, mean gate)."""
         with torch.no_grad():
             gates = self.gates(batch.features, warm)
-        outputs = self.target(batch.features)  # (B, 2K); its detached copy is the step-start snapshot
+        outputs = self.fit_target(batch.features)  # (B, 2K); its detached copy is the step-start snapshot
         squared = (lower_targets(batch, gates, outputs) - outputs).square()  # (B, 2K)
         loss = squared.sum(dim=1).mean()  # = lower_loss, with the squares kept for the factual/pseudo split
         self.target_opt.zero_grad(set_to_none=True)
@@ -226,7 +244,7 @@ class _Bilevel:
         prime_opt = self._copy_target()
         for _ in range(self.config.k_steps):
             prime_opt.zero_grad(set_to_none=True)
-            lower_loss(self.prime(batch.features), targets).backward()
+            lower_loss(self.fit_prime_net(batch.features), targets).backward()
             prime_opt.step()
 
     def upper_loss(self, outputs: torch.Tensor, rct: FactualBatch) -> torch.Tensor:
@@ -234,12 +252,12 @@ class _Bilevel:
         revenue, cost = split_outcomes(outputs, rct.n_treatments)
         R, C = revenue.detach().double().numpy(), cost.detach().double().numpy()
         total = outputs.new_zeros(())
-        for lam in ipw_lambdas(R, C, rct, self.budgets):
+        for lam in self.lambdas(R, C, rct):
             if self.config.upper_loss == "ppl":
                 total = total + ppl_loss(revenue, cost, rct, lam, self.config.tau)
             else:
                 cfg = self.config
-                total = total + pifd_loss(revenue, cost, rct, lam, cfg.tau, cfg.pifd_gap_quantile, cfg.pifd_gap_floor)
+                total = total + pifd_loss(revenue, cost, rct, lam, cfg.tau, cfg.pifd_h, cfg.pifd_clip)
         return total / len(self.budgets)
 
     def upper_step(self, batch: LowerBatch, rct: FactualBatch) -> tuple[float, CGResult | None]:
@@ -252,15 +270,18 @@ class _Bilevel:
         self.fit_prime(batch, targets.detach())
         params = list(self.prime.parameters())
         upper = self.upper_loss(self.prime(rct.features), rct)
-        upper_grad = flatten(torch.autograd.grad(upper, params))  # (P_θ,) ∇_θ′ L_up(θ′*)
+        upper_grad = self.average(flatten(torch.autograd.grad(upper, params)))  # (P_θ,) ∇_θ′ L_up(θ′*)
         low = lower_loss(self.prime(batch.features), targets)  # L_low(φ, θ′*), reaches φ through the gates
         bridge_params = list(self.bridge.parameters())
         if cfg.hypergradient == "implicit":
             hyper = implicit_hypergradient(
-                low, params, bridge_params, upper_grad, max_iter=cfg.n_cg, tol=cfg.cg_tol, damping=cfg.damping
-            )
+                low, params, bridge_params, upper_grad, max_iter=cfg.n_cg, tol=cfg.cg_tol, damping=cfg.damping,
+                average=self.average,
+            )  # fmt: skip
         else:
-            hyper = explicit_hypergradient(low, params, bridge_params, upper_grad, step_size=cfg.lr_target)
+            hyper = explicit_hypergradient(
+                low, params, bridge_params, upper_grad, step_size=cfg.lr_target, average=self.average
+            )
         self.bridge_opt.zero_grad(set_to_none=True)
         for p, g in zip(bridge_params, hyper.grads, strict=True):
             p.grad = g.detach()

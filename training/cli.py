@@ -64,9 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="dataset config (TOML) naming its columns")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    for name, default, what in (
+        ("policy-train", 0.05, "fit the logging policy's ridge model (then discarded)"),
+        ("policy-apply", 0.50, "are logged by that policy: rows whose random arm matches it become OBS"),
+        ("rct-train", 0.05, "become RCT training rows"),
+        ("rct-val", 0.10, "become RCT validation rows"),
+        ("rct-test", 0.30, "become RCT test rows"),
+    ):
+        p.add_argument(f"--{name}", type=float, default=default, help=f"share of input rows that {what} ({default})")
+    p.add_argument("--top-share", type=float, default=0.5, help="share the logging policy targets with a coupon (0.5)")
+    p.add_argument("--ridge-alpha", type=float, default=1.0, help="ridge penalty of the policy's model (1.0)")
+    p.add_argument("--format", default="parquet", choices=["parquet", "csv", "csv.gz"])
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2, nothing written) when an arm is empty or thin in a split or the policy is worse "
+        "than random; without it those are printed as warnings",
+    )
 
     p = sub.add_parser("train", help="train one method and save a checkpoint")
-    p.add_argument("--method", required=True, help="one of: " + ", ".join(commands.method_names()))
+    p.add_argument("--method", required=True, choices=commands.method_names(), help="the method to train")
     p.add_argument("--config", required=True, type=Path, help="dataset config (TOML)")
     p.add_argument("--rct", type=Path, help="RCT training logs")
     p.add_argument("--obs", type=Path, help="observational logs (tsm-obs, bidfcl-*)")
@@ -74,20 +91,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="training epochs (method default if omitted)")
-    p.add_argument("--batch-size", type=int, help="mini-batch rows (single-level methods)")
-    p.add_argument("--lr", type=float, help="learning rate (single-level methods)")
-    p.add_argument("--alpha", type=float, help="DFCL: weight of the prediction loss")
-    p.add_argument("--tau", type=float, help="softmax temperature (MER, PPL)")
-    p.add_argument("--lams", type=_floats, help="DFCL: comma-separated λ values (default: from budgets)")
-    p.add_argument("--n-cg", type=int, help="Bi-DFCL: conjugate-gradient iterations")
+    p.add_argument("--batch-size", type=int, help="mini-batch rows (tsm, tsm-obs, dfcl-*)")
+    p.add_argument("--obs-batch-size", type=int, help="bidfcl-*: OBS rows per lower step (per rank under torchrun)")
+    p.add_argument("--rct-batch-size", type=int, help="bidfcl-*: RCT rows per upper step (per rank under torchrun)")
+    p.add_argument("--lr", type=float, help="learning rate (tsm, tsm-obs, dfcl-*)")
+    p.add_argument("--alpha", type=float, help="dfcl-*: weight of the prediction loss")
+    p.add_argument("--tau", type=float, help="softmax temperature (dfcl-mer, bidfcl-ppl/-pifd/-ppl-explicit)")
+    p.add_argument("--lams", type=_floats, help="dfcl-*: comma-separated λ values (default: from budgets)")
+    p.add_argument("--n-cg", type=int, help="bidfcl-ppl/-pifd: conjugate-gradient iterations")
+    p.add_argument("--cg-tol", type=float, help="bidfcl-ppl/-pifd: CG relative residual tolerance")
+    p.add_argument("--damping", type=float, help="bidfcl-ppl/-pifd: δ in (H + δI)v = ∇L_up")
+    p.add_argument("--k-steps", type=int, help="bidfcl-ppl/-pifd/-ppl-explicit: lower steps before each upper step")
     p.add_argument(
         "--validation",
         choices=["dr", "ipw"],
         help="DFCL/Bi-DFCL checkpoint score on validation: doubly robust (default) or the IPW EOM area",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream the training table (Parquet file or directory) in row-group shards; implied under torchrun",
+    )
+    p.add_argument(
+        "--shuffle-buffer", type=int, default=65_536, help="streamed: rows shuffled together (default 65536)"
+    )
+    p.add_argument("--resume-dir", type=Path, help="streamed: per-epoch resume state here (shared by all ranks)")
+    p.add_argument("--encoding", type=Path, help="streamed: a saved encoding (JSON) instead of fitting one")
+    p.add_argument(
+        "--steps-per-epoch", type=int, help="streamed: end each epoch after this many batches per rank (timing runs)"
+    )
+    p.add_argument("--warm-start-epochs", type=int, help="DFCL/Bi-DFCL: epochs before the decision/bilevel loss")
+    p.epilog = "An option the chosen method does not use is an error, never silently ignored."
 
-    p = sub.add_parser("evaluate", help="EOM cost curves of one or more checkpoints on held-out RCT data")
+    p = sub.add_parser(
+        "evaluate",
+        help="EOM cost curves of one or more checkpoints on held-out RCT data",
+        description="EOM cost curves of one or more checkpoints on held-out RCT data (METHOD.md §7).",
+        epilog="Budget grid (default): --levels per-capita budgets evenly spaced from the cost of giving everyone "
+        "the cheapest arm (excluded: that policy is trivial) up to the cost of giving everyone the dearest arm, "
+        "from the test rows' arm mean costs (true costs on oracle sets; training.evaluate.budget_grid). "
+        "At each budget the policy argmax_j (r̂ − λĉ) is cut before the first "
+        "policy whose IPW cost exceeds it. The area of a cost curve is the mean per-capita revenue over the "
+        "budget levels (the rectangle rule on the evenly spaced grid), so areas are in revenue per customer.",
+    )
     p.add_argument("--model", required=True, action="append", type=Path, help="checkpoint (repeat to compare)")
     p.add_argument("--test", required=True, type=Path, help="RCT test logs (oracle columns used when present)")
     p.add_argument("--config", type=Path, help="dataset config (default: the one saved in the checkpoint)")

@@ -20,11 +20,12 @@ from training.dataset import Logs
 from training.default_model import build_default_model
 from training.evaluate import budget_grid, eom_curve
 from training.export import export_artifact
-from training.hybrid import build_hybrid
+from training.hybrid import HybridFractions, build_hybrid
 from training.logs import build_training_tables
-from training.methods import METHODS, get_method, train_method
+from training.methods import METHODS, get_method, method_config, train_method
 from training.network import OutcomeNet, load_checkpoint, predict, save_checkpoint
 from training.report import format_table, write_report
+from training.scale.ranks import launched_by_torchrun
 from training.synthetic import SyntheticSpec, write_benchmark
 
 
@@ -61,11 +62,40 @@ def run_synth(args: argparse.Namespace) -> None:
 
 def run_hybrid(args: argparse.Namespace) -> None:
     config = DatasetConfig.load(args.config)
-    paths = build_hybrid(args.input, config, args.out, seed=args.seed)
-    for name, path in paths.items():
-        say(f"{name:>10}: {path}")
+    fractions = HybridFractions(
+        policy_train=args.policy_train, policy_apply=args.policy_apply, rct_train=args.rct_train,
+        rct_val=args.rct_val, rct_test=args.rct_test,
+    )  # fmt: skip
+    paths = build_hybrid(
+        args.input, config, args.out, seed=args.seed, fractions=fractions, top_share=args.top_share,
+        ridge_alpha=args.ridge_alpha, fmt=args.format, strict=args.strict,
+    )  # fmt: skip
     summary = json.loads(Path(paths["summary"]).read_text())
-    say(json.dumps(summary, indent=2))
+    for name, path in paths.items():
+        counts = summary["arm_counts"].get(name)
+        say(f"{name:>10}: {path}" + (f"  rows per treatment {counts}" if counts else ""))
+    policy = summary["logging_policy"]
+    say(f"logging policy: {policy_quality(policy)}")
+    for problem in summary["warnings"]:
+        sys.stderr.write(f"warning: {problem}\n")
+
+
+def policy_quality(report: dict[str, Any]) -> str:
+    """One line on how well the hybrid's logging policy targets, from `hybrid.policy_report`."""
+
+    def number(value: float | None, percent: bool = False) -> str:
+        if value is None:
+            return "n/a"
+        return f"{100 * value:+.0f}%" if percent else f"{value:.4g}"
+
+    line = (
+        f"incremental ROI {number(report['policy_incremental_roi'])} vs random targeting "
+        f"{number(report['random_incremental_roi'])} (IPW on its rows; lift "
+        f"{number(report.get('roi_lift_vs_random'), percent=True)})"
+    )
+    if "true_roi_lift_vs_random" in report:
+        line += f", true lift {number(report['true_roi_lift_vs_random'], percent=True)}"
+    return line
 
 
 def load_splits(
@@ -117,9 +147,6 @@ def validation_metrics(model: OutcomeNet, val: Logs) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    get_method(args.method)
-    config = DatasetConfig.load(args.config)
-    rct, obs, val, encoding = load_splits(config, args.rct, args.obs, args.val, args.seed)
     overrides = {
         "seed": args.seed,
         "epochs": args.epochs,
@@ -129,8 +156,22 @@ def run_train(args: argparse.Namespace) -> None:
         "tau": args.tau,
         "lams": tuple(args.lams) if args.lams else None,
         "n_cg": args.n_cg,
+        "obs_batch_size": args.obs_batch_size,
+        "rct_batch_size": args.rct_batch_size,
+        "cg_tol": args.cg_tol,
+        "damping": args.damping,
+        "k_steps": args.k_steps,
         "validation": args.validation,
+        "warm_start_epochs": args.warm_start_epochs,
     }
+    method_config(args.method, overrides)  # an option the method does not use fails before any data is read
+    if args.stream or launched_by_torchrun():
+        from training.scale.command import run_streamed_train  # the streamed trainers load only when used
+
+        run_streamed_train(args, say)
+        return
+    config = DatasetConfig.load(args.config)
+    rct, obs, val, encoding = load_splits(config, args.rct, args.obs, args.val, args.seed)
     model, info = train_method(
         args.method, rct_train=rct, rct_val=val, obs=obs, overrides=overrides, progress=not args.quiet
     )

@@ -15,6 +15,14 @@ potential outcomes of every arm in oracle columns `<prefix><treatment name>`. Ex
     name = "no_email"       # display name (defaults to value)
 
 `treatments = ["a", "b"]` (values that are also the names) is accepted too.
+
+A column with two values such as "yes"/"no" or "male"/"female" can be declared boolean: one 0/1 feature named
+after the column instead of two one-hot columns (a constant column would stay a column). Give the value
+encoded as 0, then the one encoded as 1; any other value is an error naming the file, column and row:
+
+    boolean = { newbie = ["no", "yes"], gender = ["male", "female"] }
+
+Boolean features follow the numeric ones in the encoded order; the service takes them as numbers (0 or 1).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ _KEYS = (
     "true_revenue_prefix",
     "true_cost_prefix",
     "min_rows_per_arm",
+    "boolean",
 )
 
 
@@ -57,6 +66,11 @@ class DatasetConfig:
     true_revenue_prefix: str | None = None  # oracle columns <prefix><treatment name>, synthetic sets only
     true_cost_prefix: str | None = None
     min_rows_per_arm: int = 50  # loading fails when an arm has fewer logged rows
+    boolean: tuple[tuple[str, str, str], ...] = ()  # (column, value for 0, value for 1), after `features`
+
+    @property
+    def boolean_columns(self) -> tuple[str, ...]:
+        return tuple(column for column, _, _ in self.boolean)
 
     def __post_init__(self) -> None:
         if not self.treatment_names:
@@ -69,12 +83,17 @@ class DatasetConfig:
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"{key} has duplicates: {list(values)}")
-        if not self.features and not self.categorical:
-            raise ValueError("features and categorical are both empty: a model needs at least one input column")
-        roles = [*self.features, *self.categorical, self.treatment, self.revenue, self.cost]
+        if not self.features and not self.categorical and not self.boolean:
+            raise ValueError("features, boolean and categorical are all empty: a model needs an input column")
+        for column, false_value, true_value in self.boolean:
+            if false_value == true_value:
+                raise ValueError(f"boolean column {column!r}: its two values are both {true_value!r}")
+        roles = [*self.features, *self.boolean_columns, *self.categorical, self.treatment, self.revenue, self.cost]
         repeated = sorted({c for c in roles if roles.count(c) > 1})
         if repeated:
-            raise ValueError(f"columns used in more than one role (features/categorical/treatment/...): {repeated}")
+            raise ValueError(
+                f"columns used in more than one role (features/boolean/categorical/treatment/...): {repeated}"
+            )
         if (self.true_revenue_prefix is None) != (self.true_cost_prefix is None):
             raise ValueError("true_revenue_prefix and true_cost_prefix must be given together")
         if self.min_rows_per_arm < 0:
@@ -100,7 +119,10 @@ class DatasetConfig:
     def columns(self) -> list[str]:
         """Every column a table must have for this config, in a stable order."""
         revenue_cols, cost_cols = self.oracle_columns()
-        return [*self.features, *self.categorical, self.treatment, self.revenue, self.cost, *revenue_cols, *cost_cols]
+        return [
+            *self.features, *self.boolean_columns, *self.categorical, self.treatment, self.revenue, self.cost,
+            *revenue_cols, *cost_cols,
+        ]  # fmt: skip
 
     # --- (de)serialisation ------------------------------------------------------------------------------
 
@@ -128,6 +150,7 @@ class DatasetConfig:
                 true_revenue_prefix=_opt_str(data, "true_revenue_prefix", source),
                 true_cost_prefix=_opt_str(data, "true_cost_prefix", source),
                 min_rows_per_arm=_int(data, "min_rows_per_arm", source, default=50),
+                boolean=_boolean(data.get("boolean", {}), source),
             )
         except ValueError as err:
             if str(err).startswith(source):
@@ -160,6 +183,8 @@ class DatasetConfig:
         for key in ("binary_revenue", "binary_cost", "true_revenue_prefix", "true_cost_prefix"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
+        if self.boolean:
+            data["boolean"] = {column: [false_value, true_value] for column, false_value, true_value in self.boolean}
         data["treatments"] = [
             {"value": value, "name": name} for value, name in zip(self.treatments, self.treatment_names, strict=True)
         ]
@@ -171,7 +196,12 @@ class DatasetConfig:
         data = self.to_dict()
         arms = data.pop("treatments")
         # JSON string and array syntax is valid TOML for the plain strings, lists and bools written here.
+        boolean = data.pop("boolean", {})
         lines += [f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in data.items()]
+        if boolean:  # a TOML inline table: quoted keys, `=` rather than JSON's `:`
+            pairs = ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {json.dumps(v, ensure_ascii=False)}"
+                              for k, v in boolean.items())  # fmt: skip
+            lines.append(f"boolean = {{ {pairs} }}")
         for arm in arms:
             lines += ["", "[[treatments]]", f"value = {json.dumps(arm['value'], ensure_ascii=False)}"]
             lines.append(f"name = {json.dumps(arm['name'], ensure_ascii=False)}")
@@ -210,6 +240,26 @@ def _int(data: Mapping[str, Any], key: str, source: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{source}: key {key!r} must be an integer, got {value!r}")
     return value
+
+
+def _boolean(value: Any, source: str) -> tuple[tuple[str, str, str], ...]:
+    """`{column = [value for 0, value for 1], ...}` → ((column, false value, true value), ...)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{source}: key 'boolean' must be a table {{column = [value for 0, value for 1]}}, got {value!r}"
+        )
+    out = []
+    for column, pair in value.items():
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in pair)
+        ):
+            raise ValueError(
+                f"{source}: boolean.{column} must be [value for 0, value for 1] (strings or integers), got {pair!r}"
+            )
+        out.append((str(column), str(pair[0]), str(pair[1])))
+    return tuple(out)
 
 
 def _treatments(value: Any, source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

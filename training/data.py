@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,25 +163,37 @@ class CategoricalEncoding:
 
     numeric: tuple[str, ...]
     categories: Mapping[str, tuple[str, ...]]  # column → ordered categories (insertion order = encoded order)
+    boolean: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # column → (value for 0, value for 1)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         one_hot = [f"{column}={category}" for column, cats in self.categories.items() for category in cats]
-        return (*self.numeric, *one_hot)
+        return (*self.numeric, *self.boolean, *one_hot)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"numeric": list(self.numeric), "categorical": {c: list(v) for c, v in self.categories.items()}}
+        data: dict[str, Any] = {
+            "numeric": list(self.numeric), "categorical": {c: list(v) for c, v in self.categories.items()}
+        }  # fmt: skip
+        if self.boolean:
+            data["boolean"] = {c: list(v) for c, v in self.boolean.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CategoricalEncoding:
-        if set(data) != {"numeric", "categorical"}:
-            raise ValueError(f"encoding must have keys 'numeric' and 'categorical', got {sorted(data)}")
+        if not {"numeric", "categorical"} <= set(data) <= {"numeric", "categorical", "boolean"}:
+            raise ValueError(
+                f"encoding must have keys 'numeric' and 'categorical' (and optionally 'boolean'), got {sorted(data)}"
+            )
         categorical = data["categorical"]
         if not isinstance(categorical, Mapping):
             raise ValueError(f"encoding 'categorical' must map column → list of categories, got {categorical!r}")
+        boolean = data.get("boolean", {})
+        if not isinstance(boolean, Mapping) or not all(len(v) == 2 for v in boolean.values()):
+            raise ValueError(f"encoding 'boolean' must map column → [value for 0, value for 1], got {boolean!r}")
         return cls(
             numeric=tuple(str(c) for c in data["numeric"]),
             categories={str(c): tuple(str(v) for v in cats) for c, cats in categorical.items()},
+            boolean={str(c): (str(v[0]), str(v[1])) for c, v in boolean.items()},
         )
 
     def transform(self, frame: pd.DataFrame, source: str = "<frame>") -> NDArray[np.float32]:
@@ -191,6 +203,18 @@ class CategoricalEncoding:
         for k, column in enumerate(self.numeric):
             out[:, k] = numeric_column(frame, column, source)
         offset = len(self.numeric)
+        for column, (false_value, true_value) in self.boolean.items():
+            text = text_column(frame, column, source)
+            is_true, is_false = text == true_value, text == false_value
+            other = ~(is_true | is_false)
+            if other.any():
+                row = _first(other)
+                raise ValueError(
+                    f"{source}: boolean column {column!r} has value {text[row]!r} at data row {row + 1}; "
+                    f"expected {false_value!r} (0) or {true_value!r} (1)"
+                )
+            out[:, offset] = is_true
+            offset += 1
         for column, cats in self.categories.items():
             text = text_column(frame, column, source)
             # (N,) position of each row's category in `cats`, -1 for a category unseen when fitting
@@ -217,7 +241,11 @@ def fit_encoding(frame: pd.DataFrame, config: DatasetConfig, source: str = "<fra
         if column not in frame.columns:
             raise ValueError(f"{source}: missing column {column!r}")
         categories[column] = tuple(sorted(set(text_column(frame, column, source).tolist())))
-    return CategoricalEncoding(numeric=tuple(config.features), categories=categories)
+    return CategoricalEncoding(numeric=tuple(config.features), categories=categories, boolean=_boolean(config))
+
+
+def _boolean(config: DatasetConfig) -> dict[str, tuple[str, str]]:
+    return {column: (false_value, true_value) for column, false_value, true_value in config.boolean}
 
 
 def encoding_from_feature_names(feature_names: Sequence[str], config: DatasetConfig) -> CategoricalEncoding:
@@ -225,8 +253,11 @@ def encoding_from_feature_names(feature_names: Sequence[str], config: DatasetCon
     numeric = tuple(config.features)
     if tuple(feature_names[: len(numeric)]) != numeric:
         raise ValueError(f"feature_names do not start with the config's numeric features {list(numeric)}")
+    boolean = _boolean(config)
+    if tuple(feature_names[len(numeric) : len(numeric) + len(boolean)]) != tuple(boolean):
+        raise ValueError(f"feature_names do not continue with the config's boolean columns {list(boolean)}")
     categories: dict[str, tuple[str, ...]] = {}
-    rest = list(feature_names[len(numeric) :])
+    rest = list(feature_names[len(numeric) + len(boolean) :])
     for column in config.categorical:
         prefix = f"{column}="
         cats = []
@@ -235,7 +266,7 @@ def encoding_from_feature_names(feature_names: Sequence[str], config: DatasetCon
         categories[column] = tuple(cats)
     if rest:
         raise ValueError(f"feature_names has names no categorical column explains: {rest[:5]}")
-    return CategoricalEncoding(numeric=numeric, categories=categories)
+    return CategoricalEncoding(numeric=numeric, categories=categories, boolean=boolean)
 
 
 # --- Logs ----------------------------------------------------------------------------------------------
@@ -254,8 +285,14 @@ def logs_from_frame(
         raise ValueError(f"{source}: missing column(s) {missing}")
     if encoding is None:
         encoding = fit_encoding(frame, config, source)
-    elif tuple(encoding.numeric) != tuple(config.features) or tuple(encoding.categories) != config.categorical:
-        raise ValueError(f"{source}: the encoding's columns do not match the config's features and categorical")
+    elif (
+        tuple(encoding.numeric) != tuple(config.features)
+        or tuple(encoding.categories) != config.categorical
+        or dict(encoding.boolean) != _boolean(config)
+    ):
+        raise ValueError(
+            f"{source}: the encoding's columns do not match the config's features, boolean and categorical"
+        )
     features = encoding.transform(frame, source)  # (N, D)
     treatment = treatment_index(frame, config, source)  # (N,)
     revenue = numeric_column(frame, config.revenue, source)
@@ -297,7 +334,8 @@ def load_logs(path: str | Path, config: DatasetConfig, encoding: CategoricalEnco
     With `encoding=None` the categories are learned from this file (do that for the training file, then
     take `encoding_from_feature_names(logs.feature_names, config)` or `fit_encoding` for the others).
     """
-    frame = read_table(path, columns=config.columns(), text_columns=[*config.categorical, config.treatment])
+    text = [*config.categorical, *config.boolean_columns, config.treatment]
+    frame = read_table(path, columns=config.columns(), text_columns=text)
     return logs_from_frame(frame, config, encoding, source=str(path))
 
 

@@ -192,8 +192,15 @@ def _true_totals(path: PolicyPath, outcome: FloatArray, scale: FloatArray, prefi
     return _cumulative(first, scale[:, path.edge_row] * change, prefixes)
 
 
-def _within(cost: FloatArray, budgets: FloatArray) -> IntArray:
-    """(B, L) index of the last policy before the first whose cost (B, P) exceeds each budget (0 if the first)."""
+def affordable_policy(cost: FloatArray, budgets: FloatArray) -> IntArray:
+    """The IPW λ* rule: (B, L) index of the last policy before the first whose cost (B, P) exceeds each budget.
+
+    `cost` lists the policies from the cheapest (largest λ) to the dearest (λ = 0). An estimated cost need not be
+    monotone along that path; the walk stops before the first overspend rather than jumping to a dearer policy
+    whose noisy estimate happens to fit again, and keeps the cheapest policy (index 0) when even it overspends.
+    Used by evaluation (`eom_curve`, the bootstrap), validation (`doubly_robust_area`) and Bi-DFCL's upper loss
+    (`training.upper_losses.ipw_lambdas`), so the policy the upper level optimises is the one that is scored.
+    """
     ceiling = np.maximum.accumulate(cost, axis=-1)  # non-decreasing, so "first to exceed" is a binary search
     fits = np.stack([np.searchsorted(row, budgets, side="right") for row in ceiling])
     return np.maximum(fits - 1, 0).astype(np.int64)
@@ -211,7 +218,7 @@ def _ipw(
     q = weights / np.maximum(counts, 1.0)[:, test.treatment]  # (B, N)
     outcomes = [np.asarray(test.revenue, np.float64), np.asarray(test.cost, np.float64)]
     totals = _matched_totals(matches, q, [*outcomes, np.ones(test.n_rows)] if hajek else outcomes, at)
-    chosen = _within(totals[:, 1], budgets)
+    chosen = affordable_policy(totals[:, 1], budgets)
     picked = np.take_along_axis(totals, chosen[:, None, :], axis=2)  # (B, V, L)
     out = [picked[:, 0], picked[:, 1]]
     if hajek:
@@ -229,7 +236,7 @@ def _oracle(
     scale = weights / weights.sum(axis=1, keepdims=True)  # (B, N) per-capita weights
     revenue = _true_totals(path, np.asarray(test.true_revenue, np.float64), scale, prefixes)
     cost = _true_totals(path, np.asarray(test.true_cost, np.float64), scale, prefixes)
-    chosen = _within(cost, budgets)
+    chosen = affordable_policy(cost, budgets)
     return chosen, np.take_along_axis(revenue, chosen, 1), np.take_along_axis(cost, chosen, 1)
 
 
@@ -301,7 +308,7 @@ def doubly_robust_area(
     q = (1.0 / _arm_counts(val))[val.treatment][None, :]  # (1, N) 1 / (N p_{t_i})
     correction = _matched_totals(matches, q, residuals, np.searchsorted(matches.hit_edge, prefixes))[0]  # (2, P)
     dr_revenue, dr_cost = model_revenue + correction[0], model_cost + correction[1]
-    chosen = _within(dr_cost[None, :], grid)[0]  # (L,)
+    chosen = affordable_policy(dr_cost[None, :], grid)[0]  # (L,)
     return float(np.mean(dr_revenue[chosen]))
 
 

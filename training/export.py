@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 from torch import nn
 
-from service.artifact import MODEL_FILE, POPULATION_FILE, load_artifact
+from service.artifact import MODEL_FILE, POPULATION_FILE, load_artifact, session_options
 from service.decision import BudgetError, sweep
 from service.manifest import MANIFEST_FILE, SCHEMA_VERSION, Manifest, Treatment
 from training.network import OutcomeNet, predict
@@ -120,13 +120,8 @@ def onnx_bytes(model: OutcomeNet, metadata: Mapping[str, str] | None = None) -> 
 
 def onnx_predict(model_bytes: bytes, features: NDArray[np.floating]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(revenue, cost), each (N, K), from the ONNX bytes with onnxruntime under the service's session options."""
-    options = ort.SessionOptions()
-    # Same settings as `service.artifact` so the default λ* is computed from the very same float32 outputs.
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    # The service's own session options, so the default λ* is computed from the very same float32 outputs.
+    session = ort.InferenceSession(model_bytes, session_options(1), providers=["CPUExecutionProvider"])
     revenue, cost = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)})
     return np.asarray(revenue, dtype=np.float64), np.asarray(cost, dtype=np.float64)
 

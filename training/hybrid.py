@@ -14,6 +14,7 @@ Every output keeps the input's columns, so the input's DatasetConfig loads all o
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from numpy.typing import NDArray
 from training.config import DatasetConfig
 from training.data import logs_from_frame, read_table, write_table
 from training.dataset import Logs
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("obs", "rct_train", "rct_val", "rct_test")
 
@@ -162,6 +165,29 @@ def _arm_counts(logs: Logs) -> dict[str, int]:
     return {name: int(n) for name, n in zip(logs.treatment_names, logs.arm_counts(), strict=True)}
 
 
+def split_warnings(arm_counts: dict[str, dict[str, int]], min_rows: int, report: dict[str, Any]) -> list[str]:
+    """Why the splits may not train: an arm with no rows or fewer than `min_rows` (what `train` refuses), and a
+    logging policy no better than random targeting (OBS logs that teach the wrong targeting)."""
+    problems = []
+    for split, counts in arm_counts.items():
+        for arm, count in counts.items():
+            if count == 0:
+                problems.append(f"{split}: treatment {arm!r} has 0 rows (training on this split will fail)")
+            elif count < min_rows:
+                problems.append(
+                    f"{split}: treatment {arm!r} has {count} row(s), fewer than min_rows_per_arm = {min_rows} "
+                    "(training on this split will fail)"
+                )
+    for prefix, what in (("", "IPW"), ("true_", "true")):
+        lift = report.get(f"{prefix}roi_lift_vs_random")
+        if lift is not None and lift < 0:
+            problems.append(
+                f"logging policy: its {what} incremental ROI is {-100 * lift:.0f}% below random targeting's "
+                "(OBS rows are logged by a policy worse than random)"
+            )
+    return problems
+
+
 def build_hybrid(
     input_path: str | Path,
     config: DatasetConfig,
@@ -171,10 +197,13 @@ def build_hybrid(
     top_share: float = 0.5,
     ridge_alpha: float = 1.0,
     fmt: str = "parquet",
+    strict: bool = False,
 ) -> dict[str, Path]:
     """Write obs, rct_train, rct_val, rct_test (`fmt`: parquet, csv or csv.gz) and summary.json into `out_dir`.
 
-    Returns {"obs", "rct_train", "rct_val", "rct_test", "summary"} → path. Deterministic for a seed.
+    Returns {"obs", "rct_train", "rct_val", "rct_test", "summary"} → path. Deterministic for a seed. Thin or empty
+    arms in a split and a logging policy worse than random are logged as warnings and listed in the summary's
+    "warnings"; with `strict` they raise ValueError (naming each) before any file is written.
     """
     fractions = HybridFractions() if fractions is None else fractions
     if not 0.0 < top_share <= 1.0:
@@ -182,7 +211,7 @@ def build_hybrid(
     if fmt not in ("parquet", "csv", "csv.gz"):
         raise ValueError(f"fmt must be 'parquet', 'csv' or 'csv.gz', got {fmt!r}")
     source = str(input_path)
-    frame = read_table(input_path, text_columns=[*config.categorical, config.treatment])
+    frame = read_table(input_path, text_columns=[*config.categorical, *config.boolean_columns, config.treatment])
     logs = logs_from_frame(frame, config, source=source)  # validates every row of the input
 
     order = np.random.default_rng(seed).permutation(logs.n_rows)  # (N,) shuffled row indices
@@ -205,6 +234,14 @@ def build_hybrid(
         "rct_test": parts["rct_test"],
     }
 
+    arm_counts = {name: _arm_counts(logs.subset(split_rows[name])) for name in SPLITS}
+    report = policy_report(applied, policy)
+    problems = split_warnings(arm_counts, config.min_rows_per_arm, report)
+    if strict and problems:
+        raise ValueError(f"{source}: the hybrid split with seed {seed} is unusable: " + "; ".join(problems))
+    for problem in problems:
+        log.warning("%s (seed %d): %s", source, seed, problem)
+
     out = Path(out_dir)
     paths: dict[str, Path] = {}
     for name in SPLITS:
@@ -218,10 +255,11 @@ def build_hybrid(
         "input_rows": logs.n_rows,
         "rows": {name: len(split_rows[name]) for name in SPLITS}
         | {"policy_train": len(parts["policy_train"]), "policy_apply": len(apply_rows)},
-        "arm_counts": {name: _arm_counts(logs.subset(split_rows[name])) for name in SPLITS},
+        "arm_counts": arm_counts,
         "policy_arm_counts": {name: int((policy == j).sum()) for j, name in enumerate(logs.treatment_names)},
         "obs_match_rate": float(matched.mean()),
-        "logging_policy": policy_report(applied, policy),
+        "logging_policy": report,
+        "warnings": problems,
     }
     paths["summary"] = out / "summary.json"
     paths["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -147,26 +147,30 @@ def implicit_hypergradient(
     max_iter: int = 50,
     tol: float = 1e-4,
     damping: float = 0.0,
+    average: Matvec | None = None,
 ) -> Hypergradient:
     """dL_up/dφ = −Jᵀ (H + δI)⁻¹ ∇_θ L_up at the inner solution (Bi-DFCL §4, Alg. 4; METHOD.md §6).
 
     lower_loss: scalar L_low(φ, θ*) whose graph reaches φ (the gates) and θ; inner_params: θ (at θ*);
     outer_params: φ; upper_gradient: flat (P_θ,) ∇_θ L_up(θ*). The direct term ∂L_up/∂φ is zero here (the
-    bridge is not used on RCT rows), so it is not added.
+    bridge is not used on RCT rows), so it is not added. `average` (data-parallel runs, `training.scale`)
+    averages every Hessian-vector and Jᵀv product over ranks, so each rank solves with the H and J of the
+    union of the ranks' lower batches.
     """
+    mean = average or (lambda t: t)
     inner_gradient = lower_gradient(lower_loss, inner_params)  # (P_θ,) with graph
     if upper_gradient.shape != inner_gradient.shape:
         raise ValueError(
             f"upper_gradient has shape {tuple(upper_gradient.shape)}, expected {tuple(inner_gradient.shape)}"
         )
     cg = conjugate_gradient(
-        lambda p: hessian_vector_product(inner_gradient, inner_params, p),
+        lambda p: mean(hessian_vector_product(inner_gradient, inner_params, p)),
         upper_gradient,
         max_iter=max_iter,
         tol=tol,
         damping=damping,
     )
-    flat = -mixed_vector_product(inner_gradient, outer_params, cg.solution)
+    flat = -mean(mixed_vector_product(inner_gradient, outer_params, cg.solution))
     return Hypergradient(unflatten(flat, outer_params), cg)
 
 
@@ -176,6 +180,7 @@ def explicit_hypergradient(
     outer_params: Sequence[torch.Tensor],
     upper_gradient: torch.Tensor,
     step_size: float,
+    average: Matvec | None = None,
 ) -> Hypergradient:
     """One-step unrolled hypergradient −α_θ Jᵀ ∇_θ L_up (H⁻¹ ≈ α_θ I; Bi-DFCL App. A.5, METHOD.md §6).
 
@@ -188,5 +193,6 @@ def explicit_hypergradient(
         raise ValueError(
             f"upper_gradient has shape {tuple(upper_gradient.shape)}, expected {tuple(inner_gradient.shape)}"
         )
-    flat = -step_size * mixed_vector_product(inner_gradient, outer_params, upper_gradient)
+    mean = average or (lambda t: t)
+    flat = -step_size * mean(mixed_vector_product(inner_gradient, outer_params, upper_gradient))
     return Hypergradient(unflatten(flat, outer_params), None)

@@ -196,8 +196,8 @@ def ifd_gradients(
         # Signed perturbation of r̂_{i,t_i}: up when t_i must win, down when it must lose; the partner moves the
         # other way, and a cost moves opposite to its revenue by δ/λ (s = r̂ − λĉ).
         step_r = torch.where(matched, -delta, delta)  # (B,)
-        g_r = _cell_gradient(change, step_r, h, clip)  # (B,) for r̂_{i,t_i}; the partner gets −g_r
-        g_c = _cell_gradient(change, -step_r / lam, h, clip) if lam > 0 else torch.zeros_like(g_r)
+        g_r = truncated_difference(change, step_r, h, clip)  # (B,) for r̂_{i,t_i}; the partner gets −g_r
+        g_c = truncated_difference(change, -step_r / lam, h, clip) if lam > 0 else torch.zeros_like(g_r)
 
         grad_r = torch.zeros_like(R)
         grad_c = torch.zeros_like(C)
@@ -206,8 +206,12 @@ def ifd_gradients(
     return grad_r, grad_c
 
 
-def _cell_gradient(change: torch.Tensor, step: torch.Tensor, h: float, clip: str) -> torch.Tensor:
-    """(B,) ΔV / denominator for one cell per row, step: (B,) its signed perturbation (never 0)."""
+def truncated_difference(change: torch.Tensor, step: torch.Tensor, h: float, clip: str) -> torch.Tensor:
+    """ΔV / step per cell with DFCL's truncation (METHOD.md §5.5 step 3), for DFCL-IFD and Bi-DFCL's PIFD alike.
+
+    change, step: same shape; step is each cell's signed perturbation (never 0). 'none': ΔV/step; 'fix' (the
+    DFCL code's default): cells with |step| < h get ΔV/(±h), the rest 0; 'max': ΔV/(±max|step|) over the batch.
+    """
     if clip == "none":
         return change / step
     if clip == "max":

@@ -52,7 +52,7 @@ class TrainConfig:
     # Multipliers of the decision loss. Empty → derived from the data: λ* of the warm-started model at
     # 25/50/75% of the training budget range, so λ matches the scale of revenue and cost.
     lams: tuple[float, ...] = ()
-    tau: float = 1.0  # softmax temperature (MER; PL is tau = 1)
+    tau: float = 1.0  # softmax temperature: PL is tau = 1; dfcl-mer sets its own (methods.MER_TAU)
     ifd_h: float = 0.3  # IFD truncation threshold
     warm_start_epochs: int = 60  # DFCL: max epochs of prediction loss before the decision loss is switched on
     decision_lr: float | None = 3e-4  # DFCL: learning rate once the decision loss is on (None → lr)

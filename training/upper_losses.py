@@ -1,10 +1,10 @@
 """Bi-DFCL upper-level decision losses on RCT rows (PPL, PIFD) and the IPW λ* they are evaluated at.
 
 Both losses score the relaxed decision z′ = softmax_j((r̂ − λ*ĉ)/τ) of the target network's predictions on a
-randomised batch. λ* is the smallest multiplier whose IPW realised per-capita cost on the batch fits the budget
-(METHOD.md §1, §8.5): Bi-DFCL Alg. 2 bisects for it; here it is read off the exact step function c̄(λ), with
-ties broken towards the cheaper arm as `service.decision.choose` (the serving rule) does. λ* enters the losses
-as a constant.
+randomised batch. λ* is the multiplier whose IPW realised per-capita cost on the batch fits the budget
+(METHOD.md §1, §8.5), chosen by the same rule evaluation and validation use (`evaluate.affordable_policy`):
+Bi-DFCL Alg. 2 bisects for it; here it is read off the exact step function c̄(λ), with ties broken towards the
+cheaper arm as `service.decision.choose` (the serving rule) does. λ* enters the losses as a constant.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from numpy.typing import NDArray
 
 from service.decision import choose
 from training.batch import FactualBatch
+from training.evaluate import affordable_policy
+from training.losses import CLIPS, truncated_difference
 
 
 def ipw_policy_value(
@@ -78,21 +80,21 @@ def ipw_lambdas(
     batch: FactualBatch,
     budgets_per_capita: Sequence[float],
 ) -> list[float]:
-    """λ*(b) = min{λ ≥ 0: c̄(λ) ≤ b} per budget, on the IPW realised per-capita cost of RCT rows (METHOD §1, §8.5).
+    """λ*(b) per budget on the IPW realised per-capita cost c̄(λ) of RCT rows (METHOD §1, §8.5).
 
     revenue_hat, cost_hat: (N, K) predictions on the rows of `batch`. c̄ is a noisy estimate and need not be
-    monotone; the smallest fitting λ is returned. If no λ fits (even everyone on their cheapest predicted arm
-    overspends), the λ from which that cheapest policy holds is returned.
+    monotone in λ, so "the λ that fits" needs a rule; it is the one evaluation and validation use
+    (`training.evaluate.affordable_policy`): walk from the cheapest policy (largest λ) towards λ = 0 and stop
+    before the first policy that overspends. Returned is the smallest λ of the policy kept; if even the
+    cheapest predicted policy overspends, the λ from which it holds.
     """
     for budget in budgets_per_capita:
         if not np.isfinite(budget):
             raise ValueError(f"budget_per_capita must be finite, got {budget}")
     breaks, cost = ipw_cost_path(revenue_hat, cost_hat, batch)
-    lams = []
-    for budget in budgets_per_capita:
-        fits = np.flatnonzero(cost <= budget)
-        lams.append(float(breaks[fits[0]] if fits.size else breaks[-1]))
-    return lams
+    # Policies from the cheapest (the last step, largest λ) to the dearest (the first step, λ = 0).
+    kept = affordable_policy(cost[::-1][None, :], np.asarray(budgets_per_capita, dtype=np.float64))[0]  # (L,)
+    return [float(breaks[len(breaks) - 1 - int(index)]) for index in kept]
 
 
 def ipw_lambda(
@@ -123,27 +125,36 @@ def ppl_loss(
 
 
 def pifd_gradient(
-    score: torch.Tensor, batch: FactualBatch, gap_quantile: float = 0.1, gap_floor: float = 1e-3
+    revenue_hat: torch.Tensor,
+    cost_hat: torch.Tensor,
+    batch: FactualBatch,
+    lam: float,
+    h: float = 0.3,
+    clip: str = "fix",
+    eps: float = 1e-6,
 ) -> torch.Tensor:
-    """(N, K) G ≈ ∂(−L_DL)/∂z′ of Bi-DFCL Alg. 3 (policy improved finite difference), from scores a = r̂ − λ*ĉ.
+    """(N, K) G ≈ ∂(−L_DL)/∂z′ of Bi-DFCL Alg. 3 (policy improved finite difference) at scores a = r̂ − λ*ĉ.
 
-    q_i = r_i / (N p_{t_i}), ĵ = argmax_j a_ij. Matched rows (ĵ = t_i): h_{i,t_i} = max_{j≠t_i} a_ij − a_{i,t_i} ≤ 0,
-    G_{i,t_i} = −q_i/h_{i,t_i}; every j ≠ t_i: h_ij = a_{i,t_i} − a_ij ≥ 0, G_ij = −q_i/h_ij. Mismatched rows:
-    h_{i,t_i} = a_{i,ĵ} − a_{i,t_i} > 0, G_{i,t_i} = q_i/h_{i,t_i}; h_{i,ĵ} = −h_{i,t_i}, G_{i,ĵ} = q_i/h_{i,ĵ};
-    other cells 0. Truncation (METHOD.md §8.12): |h| is clipped below at max(gap_floor, the gap_quantile
-    quantile of all |h| in the batch), so G stays bounded when a row sits on a decision boundary.
+    q_i = r_i / (N p_{t_i}), ĵ = the served choice `service.decision.choose` (ties to the cheaper arm, as in
+    DFCL-IFD). Matched rows (ĵ = t_i): h_{i,t_i} = max_{j≠t_i} a_ij − a_{i,t_i} ≤ 0, G_{i,t_i} = −q_i/h_{i,t_i};
+    every j ≠ t_i: h_ij = a_{i,t_i} − a_ij ≥ 0, G_ij = −q_i/h_ij. Mismatched rows: h_{i,t_i} = a_{i,ĵ} − a_{i,t_i}
+    > 0, G_{i,t_i} = q_i/h_{i,t_i}; h_{i,ĵ} = −h_{i,t_i}, G_{i,ĵ} = q_i/h_{i,ĵ}; other cells 0. Each |h| gets
+    `eps` added (a tie is a zero gap). Truncation (METHOD.md §5.5 step 3, §8.12) is DFCL-IFD's, the same function
+    (`losses.truncated_difference`): 'fix' keeps cells with |h| < `h` and divides by ±`h`, zeroing the rest;
+    'max' divides every cell by the batch's largest |h|; 'none' keeps ±q/|h|.
     """
-    if not 0.0 <= gap_quantile <= 1.0:
-        raise ValueError(f"gap_quantile must be in [0, 1], got {gap_quantile}")
-    if gap_floor <= 0:
-        raise ValueError(f"gap_floor must be > 0, got {gap_floor}")
-    a = score.detach()
+    if clip not in CLIPS:
+        raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
+    if not (np.isfinite(h) and h > 0):
+        raise ValueError(f"h must be a finite number > 0, got {h}")
+    R, C = revenue_hat.detach(), cost_hat.detach()
+    a = R - lam * C  # (N, K) scores
     n, k = a.shape
     rows = torch.arange(n)
     t = batch.treatment
-    q = batch.revenue * batch.ipw / n  # (N,) r_i / (N p_{t_i})
+    q = (batch.revenue * batch.ipw / n).to(a.dtype)  # (N,) r_i / (N p_{t_i})
     a_t = a[rows, t]  # (N,) score of the logged arm
-    j_hat = a.argmax(dim=1)  # (N,)
+    j_hat = torch.as_tensor(choose(R.double().numpy(), C.double().numpy(), lam))  # (N,) the served rule
     matched = j_hat == t
     logged = torch.nn.functional.one_hot(t, k).bool()  # (N, K)
     others_best = a.masked_fill(logged, -torch.inf).amax(dim=1)  # (N,) max_{j≠t_i} a_ij
@@ -161,11 +172,10 @@ def pifd_gradient(
     sign = torch.where(~matched[:, None] & logged, 1.0, sign)
     sign = torch.where(~matched[:, None] & chosen, -1.0, sign)
     used = sign != 0
-    gap = gap.abs()
-    floor = gap_floor
-    if used.any():
-        floor = max(floor, float(torch.quantile(gap[used].double(), gap_quantile)))
-    return sign * q[:, None] / gap.clamp_min(floor)
+    step = gap.abs() + eps  # (N, K) |h| > 0
+    # G = (sign·q)/|h| on used cells, through the one truncation rule shared with DFCL-IFD (batch-wide for 'max').
+    G = truncated_difference((sign * q[:, None])[used], step[used], h, clip)
+    return torch.zeros_like(a).masked_scatter(used, G)
 
 
 def pifd_loss(
@@ -174,14 +184,13 @@ def pifd_loss(
     batch: FactualBatch,
     lam: float,
     tau: float = 1.0,
-    gap_quantile: float = 0.1,
-    gap_floor: float = 1e-3,
+    h: float = 0.3,
+    clip: str = "fix",
 ) -> torch.Tensor:
     """Policy improved finite-difference loss L_PIFD = Σ_ij sg(−G_ij) z′_ij (Bi-DFCL Alg. 3, METHOD.md §6).
 
     G from `pifd_gradient` at a = r̂ − λ*ĉ (stop-gradient); z′ = softmax_j((r̂ − λ*ĉ)/τ) carries the gradient.
     """
-    score = revenue_hat - lam * cost_hat  # (N, K)
-    G = pifd_gradient(score, batch, gap_quantile, gap_floor)
+    G = pifd_gradient(revenue_hat, cost_hat, batch, lam, h, clip)
     z = relaxed_decision(revenue_hat, cost_hat, lam, tau)
     return (-G.detach() * z).sum()

@@ -1,43 +1,61 @@
-"""One /allocate call's decisions as logged, and their Redis Stream entries. Writes no Redis keys itself.
+"""One /allocate call's decisions as logged, and their Redis Stream entry. Writes no Redis keys itself.
 
-A `DecisionBatch` keeps the arrays /allocate already computed (no per-row work on the hot path); the shipper
-turns it into one stream entry per decision. Entry fields (bytes): `id` (decision id), `time` (epoch seconds),
-`campaign`, `individual`, `model_version`, `lambda`, `lambda_version`, `treatment`, `propensity`, `explore`
-("1"/"0") and `features`, the encoded feature vector as little-endian float32 bytes (manifest order).
+A `DecisionBatch` keeps the arrays /allocate already computed, and the shipper writes the whole batch as ONE
+stream entry (format 2, columnar): O(1) Python work per request, the per-decision work is numpy copies. Entry
+fields (bytes):
+- `format`: "2";
+- `token`, `count`: the batch token and the number of decisions N; decision ids are `<token>-<row in hex>`
+  (`decision_ids`), so they need not be stored one by one;
+- `time` (epoch seconds), `campaign`, `model_version`, `lambda`, `lambda_version`: once for the batch;
+- `individuals`: the individual ids as the caller sent them (strings or integers), one JSON array;
+- `treatment` (int64), `propensity` (float64), `explore` (bool, one byte each) and `features` (float32, N × D,
+  encoded, manifest order): little-endian array bytes, C order; `layout` is a JSON object giving each array's
+  dtype and shape, e.g. `{"treatment": ["<i8", [N]], ..., "features": ["<f4", [N, D]]}`.
+Entries without a `format` field are format 1 (issue 14's first layout, one entry per decision; the sink still
+reads them): `id`, `time`, `campaign`, `individual`, `model_version`, `lambda`, `lambda_version`, `treatment`,
+`propensity`, `explore` ("1"/"0") and `features` (little-endian float32 bytes).
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
-FIELDS = (
-    "id",
-    "time",
-    "campaign",
-    "individual",
-    "model_version",
-    "lambda",
-    "lambda_version",
-    "treatment",
-    "propensity",
-    "explore",
-    "features",
-)
+FORMAT = "2"
+# The arrays of a format-2 entry: field → (dtype written, number of dimensions).
+ARRAYS: dict[str, tuple[str, int]] = {
+    "treatment": ("<i8", 1),
+    "propensity": ("<f8", 1),
+    "explore": ("|b1", 1),
+    "features": ("<f4", 2),
+}
 
 
-def new_decision_ids(n: int) -> list[str]:
-    """n ids unique across replicas and restarts: a random 64-bit batch token and the row's position."""
-    token = secrets.token_hex(8)
+def new_batch_token() -> str:
+    """A random 64-bit token, unique across replicas and restarts, shared by one batch's decision ids."""
+    return secrets.token_hex(8)
+
+
+def decision_ids(token: str, n: int) -> list[str]:
+    """The ids of a batch's n decisions: the batch token and the row's position."""
     return [f"{token}-{i:x}" for i in range(n)]
+
+
+def _individuals_json(individuals: list[str | int]) -> bytes:
+    try:
+        return orjson.dumps(individuals)
+    except orjson.JSONEncodeError:  # an integer id beyond 64 bits: logged as its text, as format 1 did
+        return orjson.dumps([str(individual) for individual in individuals])
 
 
 @dataclass(frozen=True)
 class DecisionBatch:
-    decision_ids: list[str]  # (N,)
+    token: str  # decision ids are `<token>-<row in hex>`
     time: float  # epoch seconds of the request
     campaign: str
     individuals: list[str | int]  # (N,) ids as the caller sent them
@@ -51,36 +69,78 @@ class DecisionBatch:
 
     @property
     def size(self) -> int:
-        return len(self.decision_ids)
+        return len(self.treatment)
 
-    def entries(self) -> list[dict[str, bytes | str]]:
-        """One stream entry per decision."""
-        features = np.ascontiguousarray(self.features, dtype="<f4")
-        common = {
+    @property
+    def decision_ids(self) -> list[str]:
+        return decision_ids(self.token, self.size)
+
+    def entry(self) -> dict[str, bytes | str]:
+        """The batch's one stream entry (format 2, see the module docstring)."""
+        arrays = {name: np.ascontiguousarray(getattr(self, name), dtype=dtype) for name, (dtype, _) in ARRAYS.items()}
+        layout = {name: [array.dtype.str, list(array.shape)] for name, array in arrays.items()}
+        return {
+            "format": FORMAT,
+            "token": self.token,
+            "count": str(self.size),
             "time": repr(self.time),
             "campaign": self.campaign,
             "model_version": self.model_version,
             "lambda": repr(float(self.lam)),
             "lambda_version": str(self.lambda_version),
+            "individuals": _individuals_json(self.individuals),
+            "layout": orjson.dumps(layout),
+            **{name: array.tobytes() for name, array in arrays.items()},
         }
-        return [
-            {
-                "id": decision_id,
-                "individual": str(individual),
-                "treatment": str(treatment),
-                "propensity": repr(propensity),
-                "explore": "1" if explored else "0",
-                "features": features[i].tobytes(),
-                **common,
-            }
-            for i, (decision_id, individual, treatment, propensity, explored) in enumerate(
-                zip(
-                    self.decision_ids,
-                    self.individuals,
-                    self.treatment.tolist(),
-                    self.propensity.tolist(),
-                    self.explore.tolist(),
-                    strict=True,
-                )
-            )
-        ]
+
+    @classmethod
+    def from_entry(cls, fields: dict[bytes, bytes]) -> DecisionBatch:
+        """A format-2 entry read back; ValueError naming the field when it is malformed."""
+        if fields.get(b"format") != FORMAT.encode():
+            raise ValueError(f"field 'format': expected {FORMAT!r}, got {fields.get(b'format')!r}")
+        try:
+            n = int(_field(fields, "count"))
+            layout = orjson.loads(_field(fields, "layout"))
+            individuals = orjson.loads(_field(fields, "individuals"))
+        except (ValueError, orjson.JSONDecodeError) as error:
+            raise ValueError(f"field 'count', 'layout' or 'individuals' unreadable: {error}") from error
+        if not isinstance(individuals, list) or len(individuals) != n:
+            raise ValueError(f"field 'individuals': expected a JSON array of {n} ids")
+        arrays = {name: _array(fields, layout, name, n) for name in ARRAYS}
+        return cls(
+            token=_field(fields, "token").decode(),
+            time=float(_field(fields, "time")),
+            campaign=_field(fields, "campaign").decode(),
+            individuals=individuals,
+            model_version=_field(fields, "model_version").decode(),
+            lam=float(_field(fields, "lambda")),
+            lambda_version=int(_field(fields, "lambda_version")),
+            treatment=arrays["treatment"].astype(np.int64, copy=False),
+            propensity=arrays["propensity"].astype(np.float64, copy=False),
+            explore=arrays["explore"].astype(np.bool_, copy=False),
+            features=arrays["features"].astype(np.float32, copy=False),
+        )
+
+
+def _field(fields: dict[bytes, bytes], name: str) -> bytes:
+    value = fields.get(name.encode())
+    if value is None:
+        raise ValueError(f"field {name!r} missing")
+    return value
+
+
+def _array(fields: dict[bytes, bytes], layout: Any, name: str, n: int) -> NDArray[Any]:
+    """One array field, checked against its layout: n rows, the expected dtype kind and number of dims."""
+    try:
+        dtype_str, shape = layout[name]
+        dtype = np.dtype(dtype_str)
+        shape = tuple(int(d) for d in shape)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"field 'layout': no valid dtype and shape for {name!r}") from error
+    expected = np.dtype(ARRAYS[name][0])
+    if dtype.kind != expected.kind or len(shape) != ARRAYS[name][1] or shape[0] != n:
+        raise ValueError(f"field {name!r}: layout {dtype_str} {list(shape)} does not fit {n} rows of {expected}")
+    data = _field(fields, name)
+    if len(data) != dtype.itemsize * int(np.prod(shape)):
+        raise ValueError(f"field {name!r}: {len(data)} bytes, layout {dtype_str} {list(shape)} needs another size")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -18,9 +18,8 @@ import logging
 import os
 import signal
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
+from numpy.typing import NDArray
 from redis.exceptions import RedisError, ResponseError
 
+from service.decisions.record import DecisionBatch
+
 log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SCHEMA = pa.schema(
     [
@@ -57,14 +61,16 @@ class SinkConfig:
     out: Path
     group: str = "sink"
     consumer: str = "sink-0"
-    batch: int = 5_000  # entries read per stream per round
+    batch: int = 100  # entries (each one /allocate request's decisions) read per stream per round
     block_ms: int = 1_000  # wait for new entries when every stream is drained
     claim_idle_ms: int = 60_000  # entries pending this long on another consumer are taken over
     heartbeat: Path | None = None  # touched after every pass (the k8s probes read its age)
 
 
-def _partition(entry_time: float) -> str:
-    return datetime.fromtimestamp(entry_time, UTC).strftime("%Y-%m-%dT%H")
+def _hours(table: pa.Table) -> NDArray[np.str_]:
+    """The `hour=` partition of each row (UTC, `YYYY-MM-DDTHH`), computed on the column, not row by row."""
+    micros = table.column("time").cast(pa.int64()).to_numpy()
+    return np.datetime_as_string(micros.astype("datetime64[us]"), unit="h")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -88,21 +94,73 @@ def write_durably(table: pa.Table, path: Path) -> None:
 
 
 def entries_table(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pa.Table:
-    """The Parquet rows of stream entries (id, fields) as the shipper wrote them (`service.decisions.record`)."""
+    """The Parquet rows of stream entries (id, fields) as the shipper wrote them (`service.decisions.record`):
+    one row per decision, in stream order; a format-2 entry gives all of its batch's rows, each with the entry's
+    stream id. ValueError naming the stream id and field for an entry that cannot be read."""
+    tables: list[pa.Table] = []
+    single: list[tuple[bytes, dict[bytes, bytes]]] = []  # a run of format-1 entries (one decision each)
+    for stream_id, fields in entries:
+        if b"format" not in fields:
+            single.append((stream_id, fields))
+            continue
+        if single:
+            tables.append(_single_rows_table(single))
+            single = []
+        try:
+            batch = DecisionBatch.from_entry(fields)
+        except ValueError as error:
+            raise ValueError(f"stream entry {stream_id.decode()}: {error}") from error
+        tables.append(batch_table(batch, stream_id.decode()))
+    if single:
+        tables.append(_single_rows_table(single))
+    if not tables:
+        return SCHEMA.empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def batch_table(batch: DecisionBatch, stream_id: str) -> pa.Table:
+    """One batch's rows, built column by column (numpy and Arrow; Python work only for the id strings)."""
+    n = batch.size
+    when = datetime.fromtimestamp(batch.time, UTC)  # rounded to the microsecond exactly as format 1 rows were
+    micros = (when - EPOCH) // timedelta(microseconds=1)
+    features = np.ascontiguousarray(batch.features, dtype=np.float32)
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(features.shape[1])
+    columns = [
+        pa.array(batch.decision_ids, type=pa.string()),
+        pa.array(np.full(n, micros, dtype=np.int64)).cast(SCHEMA.field("time").type),
+        pa.array(np.full(n, batch.campaign, dtype=object), type=pa.string()),
+        pa.array([str(individual) for individual in batch.individuals], type=pa.string()),
+        pa.array(np.full(n, batch.model_version, dtype=object), type=pa.string()),
+        pa.array(np.full(n, batch.lam, dtype=np.float64)),
+        pa.array(np.full(n, batch.lambda_version, dtype=np.int64)),
+        pa.array(batch.treatment.astype(np.int64, copy=False)),
+        pa.array(batch.propensity.astype(np.float64, copy=False)),
+        pa.array(batch.explore.astype(np.bool_, copy=False)),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.array(features.reshape(-1))),
+        pa.array(np.full(n, stream_id, dtype=object), type=pa.string()),
+    ]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _single_rows_table(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pa.Table:
+    """Format-1 entries (one decision each, written before format 2): still in streams after an upgrade."""
     columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
     for stream_id, fields in entries:
-        columns["decision_id"].append(fields[b"id"].decode())
-        columns["time"].append(datetime.fromtimestamp(float(fields[b"time"]), UTC))
-        columns["campaign"].append(fields[b"campaign"].decode())
-        columns["individual_id"].append(fields[b"individual"].decode())
-        columns["model_version"].append(fields[b"model_version"].decode())
-        columns["lambda"].append(float(fields[b"lambda"]))
-        columns["lambda_version"].append(int(fields[b"lambda_version"]))
-        columns["treatment"].append(int(fields[b"treatment"]))
-        columns["propensity"].append(float(fields[b"propensity"]))
-        columns["explore"].append(fields[b"explore"] == b"1")
-        columns["features"].append(np.frombuffer(fields[b"features"], dtype="<f4"))
-        columns["stream_id"].append(stream_id.decode())
+        try:
+            columns["decision_id"].append(fields[b"id"].decode())
+            columns["time"].append(datetime.fromtimestamp(float(fields[b"time"]), UTC))
+            columns["campaign"].append(fields[b"campaign"].decode())
+            columns["individual_id"].append(fields[b"individual"].decode())
+            columns["model_version"].append(fields[b"model_version"].decode())
+            columns["lambda"].append(float(fields[b"lambda"]))
+            columns["lambda_version"].append(int(fields[b"lambda_version"]))
+            columns["treatment"].append(int(fields[b"treatment"]))
+            columns["propensity"].append(float(fields[b"propensity"]))
+            columns["explore"].append(fields[b"explore"] == b"1")
+            columns["features"].append(np.frombuffer(fields[b"features"], dtype="<f4"))
+            columns["stream_id"].append(stream_id.decode())
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"stream entry {stream_id.decode()}: field {error} missing or unreadable") from error
     return pa.table(columns, schema=SCHEMA)
 
 
@@ -172,13 +230,10 @@ class Sink:
                 continue
             table = entries_table(entries)
             self._write_schemas(table)
-            hours = [_partition(t.timestamp()) for t in table.column("time").to_pylist()]
-            rows_by_hour: dict[str, list[int]] = defaultdict(list)
-            for row, hour in enumerate(hours):
-                rows_by_hour[hour].append(row)
+            hours = _hours(table)
             campaign = stream.removeprefix(f"{self.config.prefix}:decisions:")
-            for hour, rows in sorted(rows_by_hour.items()):
-                part = table.take(pa.array(rows))
+            for hour in sorted(set(hours.tolist())):
+                part = table.take(pa.array(np.flatnonzero(hours == hour)))
                 ids = part.column("stream_id").to_pylist()
                 name = f"{ids[0]}_{ids[-1]}.parquet"
                 write_durably(part, self.config.out / f"campaign={campaign}" / f"hour={hour}" / name)

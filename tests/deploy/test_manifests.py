@@ -24,7 +24,7 @@ K8S = ROOT / "k8s"
 # Oldest Kubernetes minor we promise to support, and the newest schemas bundled with kubernetes-validate.
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # Files kept out of the kustomize base on purpose (docs/deployment.md says why).
-NOT_IN_BASE = {"secret.example.yaml", "training-job.yaml"}
+NOT_IN_BASE = {"secret.example.yaml", "training-job.yaml", "training-distributed.yaml", "training-data-pvc.yaml"}
 # Every variable the service reads: derived from its one Settings class, so a renamed field fails here.
 SETTINGS = {f"ALLOCATOR_{name.upper()}" for name in Settings.model_fields}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
@@ -237,7 +237,7 @@ def test_redis_statefulset_keeps_its_data() -> None:
 
 
 def test_training_job_exports_to_the_volume_the_deployment_mounts() -> None:
-    job = _one("Job")
+    (job,) = [d for f, d in DOCS if f == "training-job.yaml" and d["kind"] == "Job"]
     pod = _pod_spec(job)
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
@@ -315,6 +315,47 @@ def test_compose_runs_redis_and_the_service() -> None:
     assert any(p.endswith(":8000") for p in allocator["ports"])
     assert services["train"]["build"]["target"] == "train"
     assert services["train"]["profiles"] == ["train"]
+
+
+def test_distributed_training_is_an_indexed_job_with_a_headless_rendezvous() -> None:
+    job = _one("Job", "train-ddp")
+    service = _one("Service", "train-ddp")
+    pod = _pod_spec(job)
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == int(env["NNODES"])
+    # Pod hostnames are <job>-<index>; with the subdomain they resolve through the headless Service.
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    host, port = env["RENDEZVOUS"].split(":")
+    assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert int(port) == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    script = container["command"][-1]
+    assert '--node-rank "$JOB_COMPLETION_INDEX"' in script and '--max-restarts "$MAX_RESTARTS"' in script
+    assert "--rdzv-backend c10d" in script and '--rdzv-endpoint "$RENDEZVOUS"' in script
+    # Every flag given to `training train` exists (a renamed flag would only fail inside the cluster).
+    from training.cli import build_parser
+
+    command = re.split(r"(?<!\\)\n", script.split("-m training train", 1)[1])[0]  # up to an unescaped newline
+    train_flags = re.findall(r"(--[a-z-]+)", command)
+    parser = build_parser()
+    train_parser = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["train"]  # type: ignore[union-attr]
+    known = {s for action in train_parser._actions for s in action.option_strings}
+    assert set(train_flags) <= known, set(train_flags) - known
+    assert {"--stream", "--resume-dir"} <= set(train_flags)
+    # Evaluation and export only on rank 0's pod; resume state and checkpoint on the shared models volume.
+    assert script.index('"$JOB_COMPLETION_INDEX" != "0"') < script.index("python -m training export")
+    assert env["RUN_DIR"].startswith(env["MODELS_DIR"] + "/")
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    models = next(m for m in container["volumeMounts"] if m["mountPath"] == env["MODELS_DIR"])
+    assert claims[models["name"]] == "allocator-models"
+    data = next(m for m in container["volumeMounts"] if m["mountPath"] == env["DATA_DIR"])
+    assert data["readOnly"] is True
+    assert _one("PersistentVolumeClaim", claims[data["name"]])["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_sink_writes_to_its_volume_and_may_reach_redis() -> None:

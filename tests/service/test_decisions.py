@@ -9,6 +9,7 @@ import numpy as np
 import redis
 
 from service.decisions.exploration import explore
+from service.decisions.record import DecisionBatch
 
 from .conftest import ADMIN, AppFactory, RedisServer, redis_stopped, wait_for
 
@@ -30,9 +31,22 @@ def give_budget(client: object, campaign: str) -> None:
     assert response.status_code == 200, response.text
 
 
-def _stream(redis_url: str, prefix: str, campaign: str) -> dict[str, dict[bytes, bytes]]:
+def _stream(redis_url: str, prefix: str, campaign: str) -> dict[str, dict[str, object]]:
+    """Every decision in the campaign's stream by decision id (each entry is one request's batch)."""
     client = redis.Redis.from_url(redis_url)
-    return {fields[b"id"].decode(): fields for _, fields in client.xrange(f"{prefix}:decisions:{campaign}")}
+    rows: dict[str, dict[str, object]] = {}
+    for _, fields in client.xrange(f"{prefix}:decisions:{campaign}"):
+        batch = DecisionBatch.from_entry(fields)
+        for i, decision_id in enumerate(batch.decision_ids):
+            rows[decision_id] = {
+                "campaign": batch.campaign,
+                "individual": str(batch.individuals[i]),
+                "treatment": int(batch.treatment[i]),
+                "propensity": float(batch.propensity[i]),
+                "explore": bool(batch.explore[i]),
+                "features": batch.features[i],
+            }
+    return rows
 
 
 def test_explore_is_deterministic_uniform_over_allowed_and_propensities_add_up() -> None:
@@ -76,16 +90,17 @@ def test_ten_thousand_decisions_are_logged_with_their_propensities(
     wait_for(lambda: client.get("/readyz").json()["decision_log"]["shipped"] == n, timeout=20.0)
     logged = _stream(redis_url, prefix, "spring")
     assert set(logged) == set(given)
-    explore_flags = np.array([fields[b"explore"] == b"1" for fields in logged.values()])
+    assert redis.Redis.from_url(redis_url).xlen(f"{prefix}:decisions:spring") == n // batch  # one entry per request
+    explore_flags = np.array([fields["explore"] for fields in logged.values()])
     share = explore_flags.mean()
     half_width = 3.29 * math.sqrt(epsilon * (1 - epsilon) / n)  # 99.9% binomial interval
     assert abs(share - epsilon) < half_width, (share, half_width)
     for decision_id, fields in logged.items():
         individual, treatment = given[decision_id]
-        assert fields[b"individual"].decode() == individual and int(fields[b"treatment"]) == treatment
-        assert fields[b"campaign"] == b"spring" and len(fields[b"features"]) == 4 * 4  # D float32 values
-        propensity = float(fields[b"propensity"])
-        if fields[b"explore"] == b"0":
+        assert fields["individual"] == individual and fields["treatment"] == treatment
+        assert fields["campaign"] == "spring" and np.shape(fields["features"]) == (4,)  # D encoded features
+        propensity = fields["propensity"]
+        if not fields["explore"]:
             assert propensity == 1 - epsilon + epsilon / K
         else:
             assert propensity in (epsilon / K, 1 - epsilon + epsilon / K)

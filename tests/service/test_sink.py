@@ -61,7 +61,7 @@ def test_sink_killed_mid_batch_and_restarted_loses_nothing(
                 total += int(client.xpending(stream, "sink")["pending"])
         return total
 
-    sink = _sink(redis_url, prefix, out, batch=4_000)
+    sink = _sink(redis_url, prefix, out, batch=4)
     try:
         deadline = time.monotonic() + 60
         while pending() == 0:  # delivered to the sink and not yet acknowledged: a batch in flight
@@ -72,7 +72,7 @@ def test_sink_killed_mid_batch_and_restarted_loses_nothing(
         if sink.poll() is None:
             sink.kill()
     assert pending() > 0  # the kill left delivered, unacknowledged entries behind
-    restarted = _sink(redis_url, prefix, out, batch=4_000)
+    restarted = _sink(redis_url, prefix, out, batch=4)
     try:
         wait_for(lambda: pending() == 0 and len(read_decisions(out)[0]) == len(ids), timeout=60.0, step=0.2)
     finally:
