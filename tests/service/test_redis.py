@@ -26,7 +26,7 @@ def test_budget_on_one_replica_reaches_another_within_a_second(
     assert out["version"] == 1
     # refresh_seconds=30: only the pub/sub announcement can deliver it this fast.
     # Until the announcement arrives the campaign is unknown there (404, no version).
-    took = wait_for(lambda: second.get("/budget", params={"campaign": "spring"}).json().get("version") == 1, timeout=1.0)
+    took = wait_for(lambda: second.get("/budget", params={"campaign": "spring"}).json().get("version") == 1, 1.0)
     assert took < 1.0
     served = second.post("/allocate", json={"campaign": "spring", **ONE}).json()
     assert served["lambda"] == out["lambda"] and served["lambda_version"] == 1
