@@ -41,6 +41,12 @@ def write_report(path: Path, results: dict[str, Any], memory_limit_mb: int, argv
     flagged = sorted({item for run in results["fuzz"] for item in run["flagged"]})
     lines += ["", "Other findings schemathesis reported (not 5xx): " + ("; ".join(flagged) or "none") + ".", ""]
     known = [why for code, why in KNOWN_FINDINGS.items() if any(code in item for item in flagged)]
+    unexplained = sorted({item.split()[1] for item in flagged} - set(KNOWN_FINDINGS))
+    if unexplained:
+        known.append(
+            f"{', '.join(unexplained)}: not yet looked into; schemathesis prints each reproduction "
+            "(rerun it against a replica with the same seed)."
+        )
     if known:
         lines += ["What they are:", "", *(f"- {why}" for why in known), ""]
     lines += [
@@ -89,8 +95,8 @@ def write_report(path: Path, results: dict[str, Any], memory_limit_mb: int, argv
     lines += [
         "- 48 large requests, 16 at a time (10,000-individual batches, and 6 MB arrays of empty objects: the"
         f" largest decoded size a body under the limit can have): statuses {abuse['heavy_statuses']}.",
-        f"- **Peak RSS of the replica (VmHWM, whole run): {abuse['peak_rss_mb']:.0f} MiB**, against the k8s "
-        f"memory limit of {memory_limit_mb} MiB.",
+        f"- **Peak RSS of the replica (VmHWM, whole run): {abuse['peak_rss_mb']:.0f} MiB**, against the "
+        f"{memory_limit_mb} MiB each worker process may use (k8s/deployment.yaml: 1 GiB for a 2-worker pod).",
         f"- `/healthz` while those batches ran: p50 {abuse['healthz_p50_ms']:.1f} ms, "
         f"p99 {abuse['healthz_p99_ms']:.1f} ms, max {abuse['healthz_max_ms']:.1f} ms "
         "(large bodies are decoded and scored in a worker thread; the tail is the decoding itself: orjson holds "
