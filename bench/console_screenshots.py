@@ -4,8 +4,9 @@
 
 Starts a redis-server (when installed; otherwise the in-process store) and `python -m service` on the shipped
 model, sets a few campaign budgets, allocates some individuals so the allocation mix has data, selects a
-point on the curve and photographs the page in Debian's headless Chromium (`make chromium`). Writes
-docs/console-desktop.png and docs/console-phone.png.
+point on the curve and photographs the page in Debian's headless Chromium (`make chromium`). Then it runs a
+paced 10-minute campaign for `--flight-seconds` of traffic and photographs its flight panel. Writes
+docs/console-desktop.png, docs/console-phone.png and docs/console-flight.png.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -68,6 +70,7 @@ def running_service(workdir: Path) -> Iterator[str]:
         "ALLOCATOR_ADMIN_TOKEN": TOKEN,
         "ALLOCATOR_LOG_LEVEL": "WARNING",
         "ALLOCATOR_WORKERS": "1",
+        "ALLOCATOR_PACE_SECONDS": "1",  # a flight panel with a few dozen steps in under a minute
     }
     try:
         redis = shutil.which("redis-server")
@@ -129,10 +132,46 @@ def prepare_recent(url: str) -> None:
     httpx.post(f"{url}/allocate", json={"individuals": individuals}, timeout=60).raise_for_status()
 
 
+FLIGHT = "flash_sale"
+
+
+def run_flight(url: str, seconds: float) -> None:
+    """A paced 10-minute campaign whose budget the traffic below would overspend at its reference λ*."""
+    admin = {"authorization": f"Bearer {TOKEN}"}
+    now = datetime.now(UTC)
+    spec = {
+        "total_budget": 600.0,
+        "expected_audience": 2000,
+        "pacing": "even",
+        "start": (now - timedelta(seconds=60)).isoformat(),
+        "end": (now + timedelta(seconds=540)).isoformat(),
+    }
+    httpx.put(f"{url}/campaigns/{FLIGHT}", json=spec, headers=admin).raise_for_status()
+    with np.load(ROOT / "models" / "default" / "population.npz") as population:
+        rows = population["features"]
+    rng = np.random.default_rng(0)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        batch = rows[rng.integers(0, len(rows), 100)]
+        individuals = [{"id": j, "features": row.tolist()} for j, row in enumerate(batch)]
+        body = {"campaign": FLIGHT, "individuals": individuals}
+        httpx.post(f"{url}/allocate", json=body, timeout=60).raise_for_status()
+        time.sleep(0.25)
+
+
+def show_flight(page: Page, url: str) -> None:
+    page.goto(f"{url}/console")
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    page.fill("#campaign-name", FLIGHT)
+    page.click("#open-campaign button")
+    expect(page.locator("#spend-chart path[data-series=committed]")).to_have_count(1, timeout=30_000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--flight-seconds", type=float, default=45.0, help="traffic before the flight screenshot")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir, running_service(Path(workdir)) as url:
         prepare(url)
@@ -144,8 +183,12 @@ def main() -> None:
             phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
             show(phone, url, allocate_after_load=True)
             phone.screenshot(path=args.out / "console-phone.png", full_page=True)
+            run_flight(url, args.flight_seconds)
+            flight = browser.new_page(viewport={"width": 1280, "height": 800})
+            show_flight(flight, url)
+            flight.locator("#flight-panel").screenshot(path=args.out / "console-flight.png")
             browser.close()
-    print(f"wrote {args.out / 'console-desktop.png'} and {args.out / 'console-phone.png'}")
+    print(f"wrote {', '.join(str(args.out / f'console-{n}.png') for n in ('desktop', 'phone', 'flight'))}")
 
 
 if __name__ == "__main__":

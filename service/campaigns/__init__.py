@@ -11,6 +11,7 @@
   applied to a batch's chosen treatments.
 - `slices`: the background task that reports spend, renews leases and refills slices; returns them on shutdown.
 - `pacing`: the control law, and the leader loop (lease `<prefix>:campaign:{<c>}:leader`, state
-  `<prefix>:campaign:{<c>}:pace`) that publishes each new λ as a versioned λ record through `LambdaStore.put`.
+  `<prefix>:campaign:{<c>}:pace`) that publishes each new λ as a versioned λ record through `LambdaStore.put`,
+  and appends the ledger at that step to `<prefix>:campaign:{<c>}:history` (a capped list the console draws).
 - `operations`: the plain functions under `service/routes/campaigns.py`.
 """

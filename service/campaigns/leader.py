@@ -4,20 +4,22 @@ Every `pace_seconds` each replica tries to take or renew the campaign's lease (3
 reads the ledger and its controller memory (`<prefix>:campaign:{<c>}:pace`, so a new leader continues where
 the old one stopped), runs `service.campaigns.pacing.pace`, lowers the cap if realized cost asks for it, and
 publishes a changed λ through `LambdaStore.put`, which every replica applies like a `/budget` answer.
-Followers only read.
+Followers only read. The leader also appends the ledger to the campaign's pacing history (the console's spend
+and λ charts): one point per step, thinned so that a whole flight fits in `HISTORY_POINTS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from datetime import UTC, datetime
 
-from service.campaigns.ledger import LedgerState
+from service.campaigns.ledger import LedgerState, PacePoint
 from service.campaigns.pacing import PaceStep, pace, revenue_per_capita, spend_per_capita
 from service.campaigns.slices import CampaignBook
-from service.campaigns.spec import CampaignStatus, flight_status
+from service.campaigns.spec import CampaignSpec, CampaignStatus, flight_status
 from service.errors import StoreUnavailableError, WriteOutcomeUnknownError
 from service.lambdas import BudgetSolver, LambdaTable
 from service.state import LambdaRecord, LambdaStore
@@ -25,6 +27,7 @@ from service.state import LambdaRecord, LambdaStore
 log = logging.getLogger(__name__)
 
 MIN_RELATIVE_CHANGE = 1e-3  # a λ closer than this to the served one is not republished
+HISTORY_POINTS = 1440  # pacing history kept per campaign (a day at one point a minute)
 
 
 class Pacer:
@@ -68,10 +71,14 @@ class Pacer:
         state: LedgerState = found[1]
         spec = wallet.spec
         now = time.time()
-        if flight_status(spec, now) is not CampaignStatus.ACTIVE or spec.pacing == "off":
+        if flight_status(spec, now) is not CampaignStatus.ACTIVE:
             return None
         memory = await ledger.pace_state(campaign)
         served = self.table.current(campaign)
+        if spec.pacing == "off":  # λ stays the operator's; the history still shows spend against the cap
+            point = PacePoint(now, state.committed, state.cap, None, state.realized, served.lam)
+            await self._record(campaign, spec, point, memory, memory)
+            return None
         lam = memory.get("lambda", served.lam)
         if "initial_lambda" not in memory:
             memory["initial_lambda"] = served.lam
@@ -81,9 +88,33 @@ class Pacer:
         if abs(result.lam - served.lam) > MIN_RELATIVE_CHANGE * max(served.lam, 1e-9):
             stored = await self.store.put(self.record(campaign, result.lam, spec.budget_per_capita), served.version)
             self.table.apply(stored)
-        await ledger.save_pace_state(campaign, result.memory)
+        lam_now = self.table.current(campaign).lam
+        target = result.target if math.isfinite(result.target) else None  # NaN: the mode sets no target
+        point = PacePoint(now, state.committed, min(result.cap, state.cap), target, state.realized, lam_now)
+        await self._record(campaign, spec, point, memory, dict(result.memory))
         self.last[campaign] = result
         return result
+
+    def history_interval(self, spec: CampaignSpec) -> float:
+        """Seconds between history points: every step, or fewer so the whole flight fits in HISTORY_POINTS."""
+        start, end = spec.flight_seconds
+        return max(self.pace_seconds, (end - start) / HISTORY_POINTS)
+
+    async def _record(
+        self, campaign: str, spec: CampaignSpec, point: PacePoint, memory: dict[str, float], out: dict[str, float]
+    ) -> None:
+        """Append `point` when the last one is older than the interval, then save the controller memory `out`.
+
+        The time of the last point lives in that memory, so a new leader keeps the spacing.
+        """
+        last = memory.get("history_at", float("-inf"))
+        # A step fires every pace_seconds give or take scheduling: allow a little early.
+        if point.at - last >= 0.9 * self.history_interval(spec):
+            await self.book.ledger.record_pace(campaign, point, HISTORY_POINTS)
+            last = point.at
+        if last > float("-inf"):
+            out["history_at"] = last
+        await self.book.ledger.save_pace_state(campaign, out)
 
 
 async def keep_pacing(pacer: Pacer) -> None:

@@ -14,8 +14,10 @@ implementation (`service.campaigns.redis_ledger`) runs the same steps in Lua.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 
@@ -45,6 +47,25 @@ class Grant:
 
     held: float
     state: LedgerState
+
+
+@dataclass(frozen=True)
+class PacePoint:
+    """A campaign's ledger at one pacing step, as the console draws it over the flight."""
+
+    at: float  # unix seconds
+    committed: float
+    cap: float
+    target: float | None  # committed spend the pacing mode wants by now (None: pacing off)
+    realized: float
+    lam: float  # λ served after the step
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> PacePoint:
+        return cls(**json.loads(raw))
 
 
 class Ledger(Protocol):
@@ -93,6 +114,14 @@ class Ledger(Protocol):
 
     async def save_pace_state(self, campaign: str, state: dict[str, float]) -> None: ...
 
+    async def record_pace(self, campaign: str, point: PacePoint, keep: int) -> None:
+        """Append a point to the campaign's pacing history, keeping only the last `keep`."""
+        ...
+
+    async def pace_history(self, campaign: str) -> list[PacePoint]:
+        """The campaign's pacing history, oldest first ([] when there is none)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -114,6 +143,7 @@ class _Campaign:
     reported_demand: dict[str, float] = field(default_factory=dict)  # replica → cumulative demand reported
     demand: float = 0.0
     pace: dict[str, float] = field(default_factory=dict)
+    history: deque[PacePoint] = field(default_factory=deque)
     leader: tuple[str, float] | None = None
 
     def state(self) -> LedgerState:
@@ -261,6 +291,17 @@ class InProcessLedger:
         kept = self._campaigns.get(campaign)
         if kept is not None:
             kept.pace = dict(state)
+
+    async def record_pace(self, campaign: str, point: PacePoint, keep: int) -> None:
+        kept = self._campaigns.get(campaign)
+        if kept is not None:
+            kept.history.append(point)
+            while len(kept.history) > keep:
+                kept.history.popleft()
+
+    async def pace_history(self, campaign: str) -> list[PacePoint]:
+        kept = self._campaigns.get(campaign)
+        return [] if kept is None else list(kept.history)
 
     async def close(self) -> None:
         return None

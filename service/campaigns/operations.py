@@ -6,7 +6,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.campaigns.leader import Pacer
+from service.campaigns.leader import HISTORY_POINTS, Pacer
 from service.campaigns.ledger import BudgetBelowSpendError
 from service.campaigns.slices import CampaignBook
 from service.campaigns.spec import MAX_AMOUNT, CampaignSpec, CampaignStatus, flight_status
@@ -40,6 +40,40 @@ class CampaignOut(BaseModel):
     lambda_: float = Field(alias="lambda", description="λ this replica serves for the campaign")
     lambda_version: int
     pacing_leader: bool = Field(description="this replica runs the campaign's pacing")
+
+
+class CampaignSummary(BaseModel):
+    """One campaign of `GET /campaigns`: enough for a list; `GET /campaigns/{campaign}` has the rest."""
+
+    campaign: str
+    status: CampaignStatus
+    budget: float
+    committed: float
+
+
+class PacePointOut(BaseModel):
+    """The ledger at one pacing step."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    at: float = Field(description="unix seconds")
+    committed: float = Field(description="committed spend (predicted cost of the treatments given)")
+    cap: float = Field(description="committed spend allowed at that step")
+    target: float | None = Field(description="committed spend the pacing mode wanted by then (None: pacing off)")
+    realized: float = Field(description="realized cost reported by then")
+    lambda_: float = Field(alias="lambda", description="λ served after the step")
+
+
+class CampaignHistoryOut(BaseModel):
+    """A campaign's pacing history: one point per pacing step, thinned so a flight fits in `max_points`."""
+
+    campaign: str
+    budget: float
+    start: float = Field(description="flight start, unix seconds")
+    end: float = Field(description="flight end, unix seconds")
+    interval_seconds: float = Field(description="seconds between points (the pacing period, or more)")
+    max_points: int
+    points: list[PacePointOut]
 
 
 class RealizedReport(BaseModel):
@@ -114,6 +148,53 @@ async def read_campaign(campaign: str, book: CampaignBook, pacer: Pacer, table: 
             "lambda_version": served.version,
             "pacing_leader": campaign in pacer.leading,
         }
+    )
+
+
+async def list_campaigns(book: CampaignBook) -> list[CampaignSummary]:
+    """Every campaign in the ledger, by name."""
+    now = time.time()
+    out = []
+    for campaign in await book.ledger.managed():
+        found = await book.ledger.read(campaign)
+        if found is None:  # removed between the two reads
+            continue
+        spec, state = CampaignSpec.model_validate_json(found[0]), found[1]
+        status = flight_status(spec, now)
+        if status is CampaignStatus.ACTIVE and state.remaining <= 0:
+            status = CampaignStatus.EXHAUSTED
+        out.append(CampaignSummary(campaign=campaign, status=status, budget=state.budget, committed=state.committed))
+    return out
+
+
+async def read_history(campaign: str, book: CampaignBook, pacer: Pacer) -> CampaignHistoryOut:
+    """The campaign's pacing history (404 when the campaign does not exist)."""
+    found = await book.ledger.read(campaign)
+    if found is None:
+        raise RequestError("campaign", f"no campaign {campaign!r} (create it with PUT /campaigns/{campaign})", 404)
+    spec = CampaignSpec.model_validate_json(found[0])
+    start, end = spec.flight_seconds
+    points = await book.ledger.pace_history(campaign)
+    return CampaignHistoryOut(
+        campaign=campaign,
+        budget=found[1].budget,
+        start=start,
+        end=end,
+        interval_seconds=pacer.history_interval(spec),
+        max_points=HISTORY_POINTS,
+        points=[
+            PacePointOut.model_validate(
+                {
+                    "at": p.at,
+                    "committed": p.committed,
+                    "cap": p.cap,
+                    "target": p.target,
+                    "realized": p.realized,
+                    "lambda": p.lam,
+                }
+            )
+            for p in points
+        ],
     )
 
 

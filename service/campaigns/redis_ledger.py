@@ -13,7 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from service.campaigns.ledger import BudgetBelowSpendError, Grant, LedgerState
+from service.campaigns.ledger import BudgetBelowSpendError, Grant, LedgerState, PacePoint
 from service.errors import StoreUnavailableError
 
 LEDGER_FIELDS = ("budget", "cap", "committed", "reserved", "presumed", "realized", "covered", "demand")
@@ -301,6 +301,16 @@ class RedisLedger:
             await self._call(
                 self._client.hset(self._key(campaign, "pace"), mapping={k: repr(v) for k, v in state.items()})
             )
+
+    async def record_pace(self, campaign: str, point: PacePoint, keep: int) -> None:
+        key = self._key(campaign, "history")
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, point.to_json()).ltrim(key, -keep, -1)
+            await self._call(pipe.execute())
+
+    async def pace_history(self, campaign: str) -> list[PacePoint]:
+        raw = await self._call(self._client.lrange(self._key(campaign, "history"), 0, -1))
+        return [PacePoint.from_json(item) for item in raw]
 
     async def close(self) -> None:
         await self._client.aclose()  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ ASSETS = {  # file name → media type; nothing outside this list is ever served
     "api.js": "text/javascript; charset=utf-8",
     "campaigns.js": "text/javascript; charset=utf-8",
     "chart.js": "text/javascript; charset=utf-8",
+    "flight.js": "text/javascript; charset=utf-8",
     "mix.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }

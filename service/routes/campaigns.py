@@ -6,7 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
 
-from service.campaigns.operations import CampaignOut, RealizedReport, put_campaign, read_campaign, report_realized
+from service.campaigns.operations import (
+    CampaignHistoryOut,
+    CampaignOut,
+    CampaignSummary,
+    RealizedReport,
+    list_campaigns,
+    put_campaign,
+    read_campaign,
+    read_history,
+    report_realized,
+)
 from service.campaigns.spec import CampaignSpec
 from service.deps import AdminDep, CampaignsDep, PacerDep, SolverDep, StoreDep, TableDep
 from service.payload import CAMPAIGN_PATTERN
@@ -19,6 +29,12 @@ ADMIN_ERRORS: dict[int | str, dict[str, str]] = {
     403: {"description": "Wrong admin token"},
     503: {"description": "The ledger (Redis) is unreachable"},
 }
+
+
+@router.get("", response_model=list[CampaignSummary], responses={503: ADMIN_ERRORS[503]})
+async def read_campaigns(book: CampaignsDep) -> list[CampaignSummary]:
+    """Every campaign in the ledger with its status, budget and committed spend."""
+    return await list_campaigns(book)
 
 
 @router.put(
@@ -53,6 +69,16 @@ async def read_campaign_state(
 ) -> CampaignOut:
     """Budget, committed, realized and remaining spend, target now, and the λ in use with its version."""
     return await read_campaign(campaign, book, pacer, table)
+
+
+@router.get(
+    "/{campaign}/history",
+    response_model=CampaignHistoryOut,
+    responses={404: {"description": "No such campaign"}, 503: ADMIN_ERRORS[503]},
+)
+async def read_campaign_history(campaign: CampaignName, book: CampaignsDep, pacer: PacerDep) -> CampaignHistoryOut:
+    """Committed spend, cap, target and λ at each pacing step of the flight so far (the console's charts)."""
+    return await read_history(campaign, book, pacer)
 
 
 @router.post(

@@ -79,6 +79,7 @@ def service(redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> It
         ALLOCATOR_REDIS_PREFIX=f"console-{uuid.uuid4().hex[:8]}",
         ALLOCATOR_ADMIN_TOKEN=ADMIN_TOKEN,
         ALLOCATOR_REFRESH_SECONDS="1",
+        ALLOCATOR_PACE_SECONDS="0.3",  # the flight panel's pacing steps come quickly
         # One worker process: the tests read back through new connections what the page did through its own,
         # and allocation counters are per process (the page itself only compares readings of one process).
         ALLOCATOR_WORKERS="1",

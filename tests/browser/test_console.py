@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -172,6 +173,45 @@ def test_recent_allocations_show_in_the_treatment_mix(console: ConsolePage, serv
         f"Since this replica started: {total:,} individuals", timeout=15_000
     )
     expect(page.locator("#recent-summary")).to_contain_text(" individuals allocated", timeout=15_000)
+
+
+def test_a_paced_campaign_shows_spend_against_target_and_lambda(console: ConsolePage, service: Replica) -> None:
+    """A campaign with a ledger gets the flight panel: its numbers, and spend, target, cap and λ over time."""
+    page = console.page
+    expect(page.locator("#flight-panel")).to_be_hidden()  # 'default' is a plain budget: no ledger
+    now = datetime.now(UTC)
+    spec = {
+        "total_budget": 40.0,
+        "expected_audience": 1000,
+        "pacing": "even",
+        "start": (now - timedelta(minutes=1)).isoformat(),
+        "end": (now + timedelta(minutes=9)).isoformat(),
+    }
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert httpx.put(f"{service.url}/campaigns/flight_test", json=spec, headers=admin).status_code == 200
+    model = httpx.get(f"{service.url}/model").json()
+    for _ in range(3):
+        body = {"campaign": "flight_test", "individuals": individuals_from_population(model, 30)}
+        assert httpx.post(f"{service.url}/allocate", json=body, timeout=30).status_code == 200
+        time.sleep(0.4)
+    page.fill("#campaign-name", "flight_test")
+    page.click("#open-campaign button")
+    expect(page.locator("#flight-panel")).to_be_visible()
+    expect(page.locator("#flight-campaign")).to_have_text("flight_test")
+    expect(page.locator("#flight-status")).to_have_text("active")
+    expect(page.locator("#flight-budget")).to_have_text("40")
+    for series in ("committed", "target", "cap"):
+        expect(page.locator(f"#spend-chart path[data-series={series}]")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#pace-lambda-chart path[data-series=lambda]")).to_have_count(1)
+    expect(page.locator("#spend-chart line.budget")).to_have_count(1)
+    history = httpx.get(f"{service.url}/campaigns/flight_test/history").json()
+    assert history["points"], "the pacing leader recorded no step"
+    drawn = int(page.locator("#spend-chart path[data-series=committed]").get_attribute("data-points") or 0)
+    assert 1 <= drawn <= len(history["points"]) + 5  # the page drew the API's points (a few more came since)
+    expect(page.locator("#flight-note")).to_contain_text("pacing step(s)")
+    page.click("#campaigns tbody tr[data-campaign=default]")
+    expect(page.locator("#flight-panel")).to_be_hidden()
+    assert console.errors == []
 
 
 def test_readable_at_phone_width(browser: Browser, service: Replica) -> None:

@@ -161,3 +161,44 @@ def test_pacing_moves_lambda_and_publishes_versions(make_client: AppFactory, mod
     assert state["pacing_leader"] is True and state["pace_error"] is not None
     assert state["committed"] <= state["budget"]
     assert np.isfinite(state["realized_ratio"])
+
+
+def test_pacing_history_and_campaign_list(make_client: AppFactory, model_dir: Path) -> None:
+    """The leader appends the ledger at each step; GET /campaigns lists the campaign, the history charts it."""
+    client = make_client(model_dir, pace_seconds=0.1)
+    assert client.get("/campaigns").json() == []
+    client.put("/campaigns/drawn", json={**spec(30.0, pacing="even"), **flight(0.5, 1.5)}, headers=ADMIN)
+    client.put("/campaigns/plain", json=spec(30.0), headers=ADMIN)  # pacing off: spend is still drawn
+    for seed in range(10):
+        allocate(client, "drawn", 50, seed)
+        allocate(client, "plain", 20, seed)
+        time.sleep(0.05)
+    wait_for(lambda: len(client.get("/campaigns/drawn/history").json()["points"]) >= 3)
+    listed = {c["campaign"]: c for c in client.get("/campaigns").json()}
+    assert set(listed) == {"drawn", "plain"} and listed["drawn"]["status"] == "active"
+    history = client.get("/campaigns/drawn/history").json()
+    points = history["points"]
+    assert history["budget"] == 30.0 and history["start"] < points[0]["at"] < history["end"]
+    assert history["interval_seconds"] == pytest.approx(0.1)  # a 2-minute flight: every step is kept
+    assert [p["at"] for p in points] == sorted(p["at"] for p in points)
+    assert all(p["committed"] <= p["cap"] + 1e-9 <= 30.0 + 1e-9 for p in points)
+    assert all(p["target"] is not None and p["lambda"] > 0 for p in points)
+    committed = [p["committed"] for p in points]
+    assert committed == sorted(committed) and committed[-1] > 0
+    wait_for(lambda: client.get("/campaigns/plain/history").json()["points"])
+    plain = client.get("/campaigns/plain/history").json()["points"]
+    assert all(p["target"] is None for p in plain)
+    missing = client.get("/campaigns/nope/history")
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_pacing_history_is_thinned_to_fit_the_flight(make_client: AppFactory, model_dir: Path) -> None:
+    """A 30-day flight at a 0.1 s pacing period keeps one point per 30 min, not one per step."""
+    client = make_client(model_dir, pace_seconds=0.1)
+    client.put("/campaigns/long", json={**spec(30.0, pacing="even"), **flight(1.0, 30 * 24 * 60)}, headers=ADMIN)
+    allocate(client, "long", 20, 0)
+    wait_for(lambda: client.get("/campaigns/long/history").json()["points"])
+    time.sleep(0.5)  # five more steps: none of them is due a point
+    history = client.get("/campaigns/long/history").json()
+    assert history["interval_seconds"] == pytest.approx((30 * 24 * 60 + 1.0) * 60 / history["max_points"])
+    assert len(history["points"]) == 1

@@ -19,7 +19,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.campaigns.ledger import InProcessLedger, Ledger, LedgerState
+from service.campaigns.ledger import InProcessLedger, Ledger, LedgerState, PacePoint
 from service.campaigns.redis_ledger import RedisLedger
 
 from .conftest import ADMIN, ADMIN_TOKEN, AppFactory, RedisServer, free_port, redis_stopped, wait_for
@@ -245,6 +245,27 @@ def test_redis_and_in_process_ledgers_agree(redis_url: str, prefix: str) -> None
     assert final is not None and final.committed + final.reserved <= final.budget
     assert in_redis[4] == in_redis[3]  # the same cumulative report twice counts once
     assert in_redis[8] == in_redis[7]  # an overtaken report changes nothing
+
+
+def test_pacing_history_is_capped_and_the_same_in_both_ledgers(redis_url: str, prefix: str) -> None:
+    """record_pace keeps the last `keep` points, oldest first, in Redis exactly as in process."""
+    redis_ledger = RedisLedger(redis_url, prefix, 1.0)
+    points = [PacePoint(1e9 + i, float(i), 10.0, None if i % 2 else 0.5 * i, 0.0, 0.1 * i) for i in range(7)]
+
+    async def history(ledger: Ledger) -> list[PacePoint]:
+        await ledger.upsert("h", "{}", 10.0)
+        for point in points:
+            await ledger.record_pace("h", point, 5)
+        return await ledger.pace_history("h")
+
+    async def both() -> tuple[list[PacePoint], list[PacePoint]]:
+        try:
+            return await history(redis_ledger), await history(InProcessLedger())
+        finally:
+            await redis_ledger.close()
+
+    in_redis, in_process = asyncio.run(both())
+    assert in_redis == in_process == points[2:]
 
 
 def test_a_frozen_redis_does_not_break_the_cap(

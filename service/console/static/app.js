@@ -1,13 +1,15 @@
 // The operator console: plain JS modules and SVG over the service's JSON endpoints (no build step, no third-party
 // code). This module holds the page's state and wiring; `api.js`, `chart.js` and `mix.js` the parts it draws with.
 //
-// Reads GET /model, /readyz, /budget/campaigns, /budget/curve, /budget/whatif and /allocations/counts; writes
+// Reads GET /model, /readyz, /budget/campaigns, /budget/curve, /budget/whatif, /allocations/counts and, for a
+// campaign with a ledger, /campaigns, /campaigns/{c} and /campaigns/{c}/history; writes
 // only through POST /budget with the admin token typed into the page. The token lives in this script's memory
 // (never localStorage, sessionStorage or a cookie), so it is gone when the tab closes.
 import { AllocationHistory } from "./allocations.js";
 import { api, fmt } from "./api.js";
 import { renderCampaigns } from "./campaigns.js";
 import { budgetAt, drawChart, drawMarks } from "./chart.js";
+import { renderFlight } from "./flight.js";
 import { renderMix } from "./mix.js";
 
 const REFRESH_MS = 5000; // campaigns, readiness and allocation counts
@@ -20,6 +22,7 @@ const state = {
   selected: null, // the selected point: one of curve.points, or the campaign's current one
   hover: null, // index into curve.points under the pointer
   campaigns: [],
+  flight: null, // [GET /campaigns/{c}, GET /campaigns/{c}/history] of the selected campaign, if it has a ledger
   pending: null, // the what-if awaiting confirmation
 };
 const allocations = new AllocationHistory(RECENT_WINDOW_MS);
@@ -73,11 +76,41 @@ function currentRecord() {
 
 async function selectCampaign(name) {
   state.campaign = name;
+  state.flight = null;
   text("curve-campaign", name);
   text("form-campaign", name);
   hideConfirm();
   await refreshCampaigns();
   await loadCurve();
+  await refreshFlight();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The flight of a campaign with a ledger (PUT /campaigns/{c}): spend against target, λ over time
+
+async function refreshFlight() {
+  const campaign = state.campaign;
+  const managed = await api("campaigns"); // listed first: a plain budget's 404 would be a console error
+  if (!managed.some((c) => c.campaign === campaign)) {
+    state.flight = null;
+    $("flight-panel").hidden = true;
+    return;
+  }
+  const path = `campaigns/${encodeURIComponent(campaign)}`;
+  const [ledger, history] = await Promise.all([api(path), api(`${path}/history`)]);
+  if (campaign !== state.campaign) return; // another campaign was selected meanwhile
+  state.flight = [ledger, history];
+  text("flight-campaign", campaign);
+  $("flight-panel").hidden = false;
+  drawFlight();
+}
+
+function drawFlight() {
+  if (!state.flight) return;
+  const elements = {
+    spend: $("spend-chart"), lambda: $("pace-lambda-chart"), facts: $("flight-facts"), note: $("flight-note"),
+  };
+  renderFlight(elements, ...state.flight);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -262,7 +295,9 @@ async function refreshAllocations() {
 // Wiring
 
 async function refresh() {
-  const results = await Promise.allSettled([refreshReadiness(), refreshCampaigns(), refreshAllocations()]);
+  const results = await Promise.allSettled([
+    refreshReadiness(), refreshCampaigns(), refreshAllocations(), refreshFlight(),
+  ]);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) status(`refresh failed: ${failed.reason.message}`, true);
   else status(`updated ${new Date().toLocaleTimeString()}`);
@@ -328,7 +363,10 @@ function wire() {
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(drawCharts, 100);
+    resizeTimer = setTimeout(() => {
+      drawCharts();
+      drawFlight();
+    }, 100);
   });
 }
 

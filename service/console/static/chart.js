@@ -4,7 +4,7 @@ import { fmt } from "./api.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 
-function niceTicks(low, high, count) {
+export function niceTicks(low, high, count) {
   const span = high - low || 1;
   const step0 = span / count;
   const magnitude = 10 ** Math.floor(Math.log10(step0));
@@ -16,7 +16,7 @@ function niceTicks(low, high, count) {
   return ticks;
 }
 
-function element(parent, name, attributes, content) {
+export function element(parent, name, attributes, content) {
   const node = document.createElementNS(SVG, name);
   for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
   if (content !== undefined) node.textContent = content;
