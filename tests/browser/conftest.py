@@ -6,18 +6,15 @@ browser download is never used.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy.processes import ADMIN_TOKEN, ROOT, Replica, clean_env, free_port, start_replica
+from deploy.processes import ADMIN_TOKEN, ROOT, Replica, clean_env, running_redis, start_replica
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -46,29 +43,8 @@ class RedisProcess:
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A real redis-server on a free port, without persistence, stopped after the module."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (make redis-server installs it)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"redis-server did not listen on port {port}")
-            time.sleep(0.05)
-    yield RedisProcess(f"redis://127.0.0.1:{port}/0", process)
-    process.terminate()
-    process.wait(timeout=10)
+    with running_redis(tmp_path_factory.mktemp("redis")) as (url, process):
+        yield RedisProcess(url, process)
 
 
 @pytest.fixture(scope="module")
