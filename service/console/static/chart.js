@@ -4,7 +4,7 @@ import { fmt } from "./api.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 
-export function niceTicks(low, high, count) {
+function niceTicks(low, high, count) {
   const span = high - low || 1;
   const step0 = span / count;
   const magnitude = 10 ** Math.floor(Math.log10(step0));
@@ -24,32 +24,36 @@ export function element(parent, name, attributes, content) {
   return node;
 }
 
-// One chart of `curve` (GET /budget/curve): y = `value(point)`, the current budget marked, optionally a dot
-// per point. Returns its scales, for the crosshair marks and for reading a budget under the pointer.
-export function drawChart(svg, curve, value, label, options) {
+// The frame every chart shares: the SVG sized to its box, margins, linear scales over [xLow, xHigh] and
+// [yLow, yHigh], and the horizontal grid with its labels (x ticks are the caller's: budgets or times).
+export function plotArea(svg, [xLow, xHigh], [yLow, yHigh], options) {
   const width = Math.max(svg.clientWidth, 280);
-  const height = svg.clientHeight || 260;
+  const height = svg.clientHeight || options.height;
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.replaceChildren();
   const margin = { left: 58, right: 14, top: 20, bottom: options.xAxis ? 34 : 14 };
-  const points = curve.points;
-  const xs = points.map((p) => p.budget_per_capita);
-  const ys = points.map(value);
-  const xLow = curve.min_budget_per_capita;
-  const xHigh = curve.max_budget_per_capita;
-  let yLow = Math.min(...ys);
-  let yHigh = Math.max(...ys);
-  const pad = 0.06 * (yHigh - yLow || 1);
-  yLow -= pad;
-  yHigh += pad;
   const x = (v) => margin.left + ((v - xLow) / (xHigh - xLow || 1)) * (width - margin.left - margin.right);
   const y = (v) => height - margin.bottom - ((v - yLow) / (yHigh - yLow || 1)) * (height - margin.top - margin.bottom);
-
   const grid = element(svg, "g", { class: "grid" });
   for (const t of niceTicks(yLow, yHigh, options.yTicks)) {
     element(grid, "line", { x1: margin.left, x2: width - margin.right, y1: y(t), y2: y(t) });
     element(grid, "text", { x: margin.left - 6, y: y(t) + 4, "text-anchor": "end" }, fmt(t, 3));
   }
+  return { x, y, margin, width, height, grid };
+}
+
+// One chart of `curve` (GET /budget/curve): y = `value(point)`, the current budget marked, optionally a dot
+// per point. Returns its scales, for the crosshair marks and for reading a budget under the pointer.
+export function drawChart(svg, curve, value, label, options) {
+  const points = curve.points;
+  const xs = points.map((p) => p.budget_per_capita);
+  const ys = points.map(value);
+  const xLow = curve.min_budget_per_capita;
+  const xHigh = curve.max_budget_per_capita;
+  const pad = 0.06 * (Math.max(...ys) - Math.min(...ys) || 1);
+  const { x, y, margin, width, height, grid } = plotArea(
+    svg, [xLow, xHigh], [Math.min(...ys) - pad, Math.max(...ys) + pad], { height: 260, ...options },
+  );
   if (options.xAxis) {
     for (const t of niceTicks(xLow, xHigh, Math.max(3, Math.floor(width / 110)))) {
       element(grid, "line", { x1: x(t), x2: x(t), y1: margin.top, y2: height - margin.bottom, class: "v" });

@@ -3,7 +3,7 @@
 // target, the cap and the budget; and the λ the pacer served.
 
 import { fmt } from "./api.js";
-import { element, niceTicks } from "./chart.js";
+import { element, plotArea } from "./chart.js";
 
 const DAY = 86400;
 
@@ -17,11 +17,6 @@ function timeLabel(seconds, span) {
 // One chart of `series` ([{ name, className, points: [[t, y], ...] }]) against time from `start` to `end`,
 // with horizontal `levels` ([{ value, label, className }]) and the current time marked.
 export function drawTimeChart(svg, start, end, series, levels, label, options) {
-  const width = Math.max(svg.clientWidth, 280);
-  const height = svg.clientHeight || 220;
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.replaceChildren();
-  const margin = { left: 58, right: 14, top: 20, bottom: options.xAxis ? 34 : 14 };
   const values = [...series.flatMap((s) => s.points.map((p) => p[1])), ...levels.map((l) => l.value)];
   let yLow = options.zero ? 0 : Math.min(...values);
   let yHigh = Math.max(...values);
@@ -29,14 +24,7 @@ export function drawTimeChart(svg, start, end, series, levels, label, options) {
   const pad = 0.06 * (yHigh - yLow || Math.abs(yHigh) || 1);
   yLow = options.zero ? 0 : yLow - pad;
   yHigh += pad;
-  const x = (t) => margin.left + ((t - start) / (end - start || 1)) * (width - margin.left - margin.right);
-  const y = (v) => height - margin.bottom - ((v - yLow) / (yHigh - yLow || 1)) * (height - margin.top - margin.bottom);
-
-  const grid = element(svg, "g", { class: "grid" });
-  for (const t of niceTicks(yLow, yHigh, options.yTicks)) {
-    element(grid, "line", { x1: margin.left, x2: width - margin.right, y1: y(t), y2: y(t) });
-    element(grid, "text", { x: margin.left - 6, y: y(t) + 4, "text-anchor": "end" }, fmt(t, 3));
-  }
+  const { x, y, margin, width, height, grid } = plotArea(svg, [start, end], [yLow, yHigh], { height: 220, ...options });
   if (options.xAxis) {
     const count = Math.max(2, Math.floor(width / 120));
     for (let i = 0; i <= count; i += 1) {
