@@ -7,7 +7,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.campaigns.leader import HISTORY_POINTS, Pacer
-from service.campaigns.ledger import BudgetBelowSpendError
+from service.campaigns.ledger import BudgetBelowSpendError, LedgerState
 from service.campaigns.slices import CampaignBook
 from service.campaigns.spec import MAX_AMOUNT, CampaignSpec, CampaignStatus, flight_status
 from service.decision import BudgetError
@@ -113,6 +113,14 @@ async def put_campaign(
     await book.report(campaign, book.learn(campaign, spec))  # a first slice here at once
 
 
+def ledger_status(spec: CampaignSpec, state: LedgerState, now: float) -> CampaignStatus:
+    """The flight's status, or 'exhausted' when an active flight has nothing left to commit."""
+    status = flight_status(spec, now)
+    if status is CampaignStatus.ACTIVE and state.remaining <= 0:
+        return CampaignStatus.EXHAUSTED
+    return status
+
+
 async def read_campaign(campaign: str, book: CampaignBook, pacer: Pacer, table: LambdaTable) -> CampaignOut:
     """The campaign's state from the ledger (404 when it does not exist)."""
     found = await book.ledger.read(campaign)
@@ -122,9 +130,7 @@ async def read_campaign(campaign: str, book: CampaignBook, pacer: Pacer, table: 
     state = found[1]
     book.learn(campaign, spec)
     now = time.time()
-    status = flight_status(spec, now)
-    if status is CampaignStatus.ACTIVE and state.remaining <= 0:
-        status = CampaignStatus.EXHAUSTED
+    status = ledger_status(spec, state, now)
     share = spec.target_share(now)
     step = pacer.last.get(campaign)
     served = table.current(campaign)
@@ -160,9 +166,7 @@ async def list_campaigns(book: CampaignBook) -> list[CampaignSummary]:
         if found is None:  # removed between the two reads
             continue
         spec, state = CampaignSpec.model_validate_json(found[0]), found[1]
-        status = flight_status(spec, now)
-        if status is CampaignStatus.ACTIVE and state.remaining <= 0:
-            status = CampaignStatus.EXHAUSTED
+        status = ledger_status(spec, state, now)
         out.append(CampaignSummary(campaign=campaign, status=status, budget=state.budget, committed=state.committed))
     return out
 

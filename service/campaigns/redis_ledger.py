@@ -6,6 +6,7 @@ Times come from Redis (`TIME`) so leases do not depend on the replicas' clocks. 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -15,6 +16,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from service.campaigns.ledger import BudgetBelowSpendError, Grant, LedgerState, PacePoint
 from service.errors import StoreUnavailableError
+
+log = logging.getLogger(__name__)
 
 LEDGER_FIELDS = ("budget", "cap", "committed", "reserved", "presumed", "realized", "covered", "demand")
 
@@ -310,7 +313,13 @@ class RedisLedger:
 
     async def pace_history(self, campaign: str) -> list[PacePoint]:
         raw = await self._call(self._client.lrange(self._key(campaign, "history"), 0, -1))
-        return [PacePoint.from_json(item) for item in raw]
+        points = []
+        for item in raw:
+            try:
+                points.append(PacePoint.from_json(item))
+            except (ValueError, TypeError):  # an entry not written by this code: skipped, not a 500
+                log.warning("campaign %s: unreadable pacing history entry %r skipped", campaign, item[:80])
+        return points
 
     async def close(self) -> None:
         await self._client.aclose()  # type: ignore[attr-defined]

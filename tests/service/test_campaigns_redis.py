@@ -268,6 +268,22 @@ def test_pacing_history_is_capped_and_the_same_in_both_ledgers(redis_url: str, p
     assert in_redis == in_process == points[2:]
 
 
+def test_an_unreadable_history_entry_is_skipped(redis_url: str, prefix: str) -> None:
+    """An entry this code did not write (another version, a hand edit) is skipped, never a 500."""
+    ledger = RedisLedger(redis_url, prefix, 1.0)
+    point = PacePoint(1e9, 1.0, 10.0, 0.5, 0.0, 0.2)
+
+    async def history() -> list[PacePoint]:
+        try:
+            await ledger.record_pace("odd", point, 5)
+            redis.Redis.from_url(redis_url).rpush(f"{prefix}:campaign:{{odd}}:history", b"not json", b'{"at": 1}')
+            return await ledger.pace_history("odd")
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(history()) == [point]
+
+
 def test_a_frozen_redis_does_not_break_the_cap(
     make_client: AppFactory, model_dir: Path, redis_server: RedisServer, redis_url: str, prefix: str
 ) -> None:
