@@ -9,6 +9,8 @@
    rows) with 1 rank and with 2 ranks (`torchrun --standalone --nproc-per-node 2 -m training train …`),
    and one Bi-DFCL epoch (bilevel from the first epoch) cut to `--bidfcl-steps` batches per rank, its full
    epoch extrapolated from the measured batches (a 10M-row Bi-DFCL epoch takes too long for this machine).
+   tsm is timed once more with `--large-batch` rows per rank and step: each step ends in a gradient
+   all-reduce whose cost is fixed, so the rows per step decide whether a second rank pays off.
    Every run reports its own epoch clock (validation scoring excluded) and each rank's peak RSS.
 3. Decision quality after a fixed epoch budget on the standard synthetic benchmark (200k OBS rows, 50k-row
    oracle test set): tsm-obs and Bi-DFCL trained with 1 and with 2 ranks for `--seeds` seeds, scored by the

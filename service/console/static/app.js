@@ -91,6 +91,7 @@ async function selectCampaign(name) {
 async function refreshFlight() {
   const campaign = state.campaign;
   const managed = await api("campaigns"); // listed first: a plain budget's 404 would be a console error
+  if (campaign !== state.campaign) return; // another campaign was selected meanwhile
   if (!managed.some((c) => c.campaign === campaign)) {
     state.flight = null;
     $("flight-panel").hidden = true;
@@ -98,7 +99,7 @@ async function refreshFlight() {
   }
   const path = `campaigns/${encodeURIComponent(campaign)}`;
   const [ledger, history] = await Promise.all([api(path), api(`${path}/history`)]);
-  if (campaign !== state.campaign) return; // another campaign was selected meanwhile
+  if (campaign !== state.campaign) return;
   state.flight = [ledger, history];
   text("flight-campaign", campaign);
   $("flight-panel").hidden = false;
