@@ -173,7 +173,13 @@ def test_pacing_history_and_campaign_list(make_client: AppFactory, model_dir: Pa
         allocate(client, "drawn", 50, seed)
         allocate(client, "plain", 20, seed)
         time.sleep(0.05)
-    wait_for(lambda: len(client.get("/campaigns/drawn/history").json()["points"]) >= 3)
+
+    def drawn() -> list[dict[str, Any]]:
+        points: list[dict[str, Any]] = client.get("/campaigns/drawn/history").json()["points"]
+        return points
+
+    # Spend reaches the ledger at the slices' next report: wait for a step that has seen some.
+    wait_for(lambda: len(p := drawn()) >= 3 and p[-1]["committed"] > 0, timeout=15.0)
     listed = {c["campaign"]: c for c in client.get("/campaigns").json()}
     assert set(listed) == {"drawn", "plain"} and listed["drawn"]["status"] == "active"
     history = client.get("/campaigns/drawn/history").json()
