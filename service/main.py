@@ -12,8 +12,10 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import openapi
@@ -114,6 +116,20 @@ def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+# FastAPI's words when a JSON body cannot even be decoded as text (not UTF-8): its 400 is not in the contract.
+UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+async def _http_error(request: Request, error: Exception) -> Any:
+    """FastAPI's HTTPException answers as FastAPI gives them, except an undecodable body: 422 naming the body,
+    like every other malformed body (a JSON syntax error is already a 422)."""
+    assert isinstance(error, HTTPException)  # registered for HTTPException only
+    if error.status_code == status.HTTP_400_BAD_REQUEST and error.detail == UNPARSABLE_BODY:
+        detail = "body: invalid JSON (the bytes are not UTF-8 text)"
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return await http_exception_handler(request, error)
+
+
 def _store_unavailable(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"λ* store unavailable: {error}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
@@ -153,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLog)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(WriteOutcomeUnknownError, _write_outcome_unknown)
     app.include_router(allocate.router)
