@@ -244,13 +244,13 @@ NOTES = [
     "",
     "What limits the scaling of tsm at its own batch (256 rows per rank and step): every step ends in a gradient "
     "all-reduce, and the two ranks run in lockstep. The network is small (≈ 5k parameters), so a 256-row step is "
-    "≈ 2 ms of compute, while a gloo all-reduce between two processes on this VM costs 0.4 ms for one float and "
-    "≈ 1.7 ms for the gradient's 5k floats even on an idle machine (a wake-up of gloo's I/O thread per message), "
-    "and more in lockstep with the other rank: the `ms per step` column shows a 2-rank step costing ≈ 3–4 ms more "
-    "than a 1-rank one. Two ranks therefore cannot reach 1.6× at 256 rows per step here; the data-parallel scheme "
-    "pays off when a step's compute dwarfs that fixed cost, which the large-batch rows measure (the usual way to "
-    "scale out: a larger global batch with more ranks). The same DDP code on GPUs with NCCL, or on machines whose "
-    "per-message latency is tens of µs, moves the crossover to much smaller batches.",
+    "≈ 2–3 ms of compute, while the `ms per step` column shows a 2-rank step costing ≈ 3–4 ms more than a 1-rank "
+    "one: the all-reduce plus waiting for the other rank (a one-off gloo probe, not committed, timed an idle "
+    "all-reduce of the gradient's 5k floats at ≈ 1.7 ms on this VM). Two ranks therefore cannot reach 1.6× at 256 "
+    "rows per step here; the data-parallel scheme pays off when a step's compute dwarfs that fixed cost, which the "
+    "large-batch rows measure (the usual way to scale out: a larger global batch with more ranks). The same DDP "
+    "code on GPUs with NCCL, or on machines whose per-message latency is tens of µs, moves the crossover to much "
+    "smaller batches.",
     "",
     "What limits Bi-DFCL's scaling: besides the one gradient all-reduce of every lower step (all tsm needs), each "
     "upper step (one per k = 5 batches) synchronises the ranks 5 times for the DDP steps of θ′, once to gather "
