@@ -5,8 +5,8 @@
 
 For each worker count, starts `python -m service` (`ALLOCATOR_WORKERS`, one onnxruntime thread each, loopback,
 a redis-server on a free port) and loads it with `wrk` (bench/wrk.py), a C load generator:
-  * row batch and columnar batch: `--batch` individuals per request, one connection per worker; the
-    server's own time (Server-Timing) and the client-observed latency and throughput;
+  * row batch and columnar batch (answered in rows, and in columns): `--batch` individuals per request, one
+    connection per worker; the server's own time (Server-Timing) and the client-observed latency and throughput;
   * single-individual requests at each of `--connections` (default 1, 16, 64): req/s, p50 and p99, client and
     server side, and the CPU share wrk itself took from the shared cores;
   * /budget: server time and λ* solve time for new budgets.
@@ -98,11 +98,15 @@ def body_for(population: np.ndarray, names: list[str], start: int, count: int) -
     return orjson.dumps({"campaign": "default", "individuals": individuals})
 
 
-def columnar_body_for(population: np.ndarray, start: int, count: int) -> bytes:
-    """Columnar body for the same individuals as `body_for`: ids and one array per feature."""
+def columnar_body_for(population: np.ndarray, start: int, count: int, answer: str = "rows") -> bytes:
+    """Columnar body for the same individuals as `body_for`: ids and one array per feature; `answer` "columns"
+    asks for the allocations as one array per field too."""
     rows = population[np.arange(start, start + count) % len(population)]
     ids = [f"user-{start + i}" for i in range(count)]
-    return orjson.dumps({"campaign": "default", "ids": ids, "columns": rows.astype(np.float64).T.tolist()})
+    body: dict[str, Any] = {"campaign": "default", "ids": ids, "columns": rows.astype(np.float64).T.tolist()}
+    if answer != "rows":
+        body["response"] = answer
+    return orjson.dumps(body)
 
 
 @dataclass(frozen=True)
@@ -158,17 +162,19 @@ def run_budget(url: str, per_capita: list[float]) -> tuple[list[float], list[flo
 
 
 def check_bodies(url: str, bodies: dict[str, bytes]) -> None:
-    """Both batch forms allocate the same before anything is timed (a benchmark of wrong answers is no use)."""
+    """Every batch form allocates the same before anything is timed (a benchmark of wrong answers is no use)."""
     with httpx.Client(base_url=url, timeout=30, headers={"content-type": "application/json"}) as client:
-        answers = {form: client.post("/allocate", content=bodies[form]) for form in ("rows", "columns", "one")}
+        answers = {form: client.post("/allocate", content=body) for form, body in bodies.items()}
     for form, response in answers.items():
         if response.status_code != 200:
             raise SystemExit(f"POST /allocate ({form}) answered {response.status_code}: {response.text[:500]}")
+    fields = answers["columns_out"].json()["allocations"]
+    as_rows = [dict(zip(fields, values, strict=True)) for values in zip(*fields.values(), strict=True)]
     decided = [
-        [{k: v for k, v in a.items() if k != "decision_id"} for a in answers[form].json()["allocations"]]
-        for form in ("rows", "columns")
+        [{k: v for k, v in a.items() if k != "decision_id"} for a in allocations]
+        for allocations in (answers["rows"].json()["allocations"], answers["columns"].json()["allocations"], as_rows)
     ]  # every request logs decisions of its own
-    if decided[0] != decided[1]:
+    if not decided[0] == decided[1] == decided[2]:
         raise SystemExit("the row and columnar bodies were allocated differently")
 
 
@@ -176,7 +182,8 @@ def check_bodies(url: str, bodies: dict[str, bytes]) -> None:
 class WorkerRuns:
     workers: int
     rows: LoadResult
-    columns: LoadResult
+    columns: LoadResult  # columnar body, row-form answer
+    columns_out: LoadResult  # columnar body and answer
     single: list[LoadResult]
     budget_server_ms: list[float]
     budget_solve_ms: list[float]
@@ -192,9 +199,10 @@ def run_workers(
         # One connection per worker: server time is the request's own, not time queued behind another.
         rows = run_wrk(url, bodies["rows"], workers, args.seconds, server.pid)
         columns = run_wrk(url, bodies["columns"], workers, args.seconds, server.pid)
+        columns_out = run_wrk(url, bodies["columns_out"], workers, args.seconds, server.pid)
         single = [run_wrk(url, bodies["one"], c, args.seconds, server.pid) for c in args.connections]
         budget_server, budget_solve = run_budget(server.url, args.budgets)
-    return WorkerRuns(workers, rows, columns, single, budget_server, budget_solve)
+    return WorkerRuns(workers, rows, columns, columns_out, single, budget_server, budget_solve)
 
 
 def parse_ints(text: str) -> list[int]:
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         bodies = {
             "rows": body_for(population, manifest.features, 0, args.batch),
             "columns": columnar_body_for(population, 0, args.batch),
+            "columns_out": columnar_body_for(population, 0, args.batch, answer="columns"),
             "one": body_for(population, manifest.features, 0, 1),
         }
         ceilings = measure_ceilings(model_dir, bodies, population[np.arange(args.batch) % len(population)])

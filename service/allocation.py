@@ -62,7 +62,9 @@ def allocate(
         treatment = capped.treatment
         header.update(campaign_status=capped.status.value, capped=capped.capped)
     names = artifact.manifest.treatment_names
-    body = encode_allocations(batch.ids, treatment, revenue, cost, names, header, decision_ids=ids)
+    body = encode_allocations(
+        batch.ids, treatment, revenue, cost, names, header, decision_ids=ids, columnar=batch.columnar_response
+    )
     if decisions is not None:
         decisions.append(
             DecisionBatch(

@@ -7,6 +7,7 @@ Columns are in the order of `GET /model`'s `features` (one-hot columns included,
 `allowed_treatments` array holds, per individual, null or the list of treatment ids it may get. The values go
 from orjson's lists into numpy in one C-level conversion (`np.array`), with no per-individual Python work;
 only when that conversion finds something that is not a number does a per-value pass name the bad field.
+`"response": "columns"` asks for the answer in the same shape: `allocations` as one array per field.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from service.payload import (
     parse_campaign,
 )
 
-COLUMNAR_FIELDS = frozenset({"campaign", "ids", "columns", "matrix", "allowed_treatments"})
+COLUMNAR_FIELDS = frozenset({"campaign", "ids", "columns", "matrix", "allowed_treatments", "response"})
+RESPONSE_FORMS = ("rows", "columns")
 NUMERIC_KINDS = frozenset("biuf")  # numpy dtype kinds of JSON numbers and booleans
 
 
@@ -55,7 +57,11 @@ def decode_columnar(data: dict[str, Any], encoder: FeatureEncoder, n_treatments:
                 "allowed_treatments", f"expected an array of {n} entries (null or treatment ids), one per id"
             )
         allowed = allowed_mask(allowed_values, n_treatments, lambda i: f"allowed_treatments[{i}]")
-    return AllocateBatch(campaign, ids, np.ascontiguousarray(features), allowed, 0)
+    response = data.get("response", "rows")
+    if response not in RESPONSE_FORMS:
+        got = repr(response[:32]) if isinstance(response, str) else json_type(response)
+        raise RequestError("response", f"expected one of {list(RESPONSE_FORMS)}, got {got}")
+    return AllocateBatch(campaign, ids, np.ascontiguousarray(features), allowed, 0, response == "columns")
 
 
 def _ids(ids: Any, max_batch: int) -> list[Identifier]:

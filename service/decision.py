@@ -34,20 +34,27 @@ class BudgetError(ValueError):
     """The budget cannot be met by any allocation (it is below the cheapest policy's cost)."""
 
 
+REAL_KINDS = frozenset("fiu")  # numpy dtype kinds of real numbers
+
+
 def _as_array(name: str, values: NDArray[np.floating] | list[list[float]]) -> NDArray[np.floating]:
     """A 2-D (individuals, treatments) numeric array, not yet converted to float64 or checked for NaN."""
     matrix = np.asarray(values)
     if matrix.ndim != 2 or matrix.shape[1] == 0:
         raise ValueError(f"{name} must be a 2-D array (individuals, treatments), got shape {matrix.shape}")
-    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+    if matrix.dtype.kind not in REAL_KINDS:
         raise ValueError(f"{name} must hold real numbers, got dtype {matrix.dtype}")
     return matrix
 
 
+def _check_finite(name: str, matrix: NDArray[np.floating]) -> None:
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
 def _as_matrix(name: str, values: NDArray[np.floating] | list[list[float]]) -> FloatArray:
     matrix = np.ascontiguousarray(_as_array(name, values), dtype=np.float64)
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    _check_finite(name, matrix)
     return matrix
 
 
@@ -93,10 +100,12 @@ def choose(
     if R.shape != C.shape:
         raise ValueError(f"revenue has shape {R.shape} but cost has shape {C.shape}")
     mask = _check_allowed(allowed, R.shape)
+    _check_finite("revenue", R)
+    _check_finite("cost", C)
     treatment = np.empty(R.shape[0], dtype=np.int64)
     for first in range(0, R.shape[0], _CHOOSE_BLOCK):
         rows = slice(first, first + _CHOOSE_BLOCK)
-        r, c = _as_matrix("revenue", R[rows].T), _as_matrix("cost", C[rows].T)  # (K, rows) each
+        r, c = R[rows].T.astype(np.float64), C[rows].T.astype(np.float64)  # (K, rows) each, copies
         score = r - lam * c  # (K, rows)
         if mask is not None:
             score[~mask[rows].T] = -np.inf

@@ -78,6 +78,13 @@ class Metrics:
         self.store_backend = store_backend
         # Pre-create the per-treatment series so dashboards see zeros rather than gaps.
         self._treatment_counters = [self.allocations.labels(treatment=name) for name in treatment_names]
+        self._latency_series: dict[tuple[str, int], Any] = {}  # bounded: endpoints are a fixed set, statuses few
+
+    def observe_latency(self, endpoint: str, status: int, seconds: float) -> None:
+        series = self._latency_series.get((endpoint, status))
+        if series is None:  # `labels` takes a lock and builds a key on every call: look each series up once
+            series = self._latency_series[endpoint, status] = self.latency.labels(endpoint=endpoint, status=str(status))
+        series.observe(seconds)
 
     def count_allocations(self, treatment: NDArray[np.int64]) -> None:
         counts = np.bincount(treatment, minlength=len(self.treatment_names))

@@ -41,6 +41,7 @@ class AllocateBatch:
     features: NDArray[np.float32]  # (N, D) manifest order
     allowed: NDArray[np.bool_] | None  # (N, K) allowed treatments, None when every row allows all
     unseen_categories: int  # categorical values not in the manifest (encoded as all zeros)
+    columnar_response: bool = False  # answer with one array per field (`"response": "columns"`)
 
 
 def parse_campaign(value: Any, field: str = "campaign") -> str:
@@ -201,15 +202,28 @@ def encode_allocations(
     treatment_names: list[str],
     header: dict[str, Any],
     decision_ids: list[str] | None = None,
+    columnar: bool = False,
 ) -> bytes:
     """The /allocate response body: `header` fields plus one allocation per individual, in request order.
 
     treatment: (N,) chosen arm; revenue, cost: (N, K) predictions, reported at the chosen arm; decision_ids
     (N,), when given, are returned per allocation so outcomes can be attributed to decisions. Structs, built
-    by `map` over columns, cost less than a dict per individual (docs/benchmarks.md, serve).
+    by `map` over columns, cost less than a dict per individual (docs/benchmarks.md, serve). `columnar`:
+    `allocations` is one object of arrays, the same fields as a row's (`schemas.AllocationColumns`).
     """
     rows = np.arange(len(treatment))
     chosen = treatment.tolist()
+    if columnar:
+        fields = {
+            "id": ids,
+            "treatment": chosen,
+            "treatment_name": list(map(treatment_names.__getitem__, chosen)),
+            "expected_revenue": revenue[rows, treatment].tolist(),
+            "expected_cost": cost[rows, treatment].tolist(),
+        }
+        if decision_ids is not None:
+            fields["decision_id"] = decision_ids
+        return _RESPONSE_ENCODER.encode({"allocations": fields, **header})
     columns = (
         ids,
         chosen,

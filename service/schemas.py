@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -51,6 +51,11 @@ class AllocateColumnsRequest(BaseModel):
     allowed_treatments: list[list[int] | None] | None = Field(
         default=None, description="per individual: null (all allowed) or the treatment ids it may get"
     )
+    response: Literal["rows", "columns"] = Field(
+        default="rows",
+        description="'columns': `allocations` as one array per field (AllocateColumnsResponse), cheaper to "
+        "build and to decode for large batches",
+    )
 
 
 class Allocation(BaseModel):
@@ -73,6 +78,28 @@ class AllocateResponse(BaseModel):
         "(every status but active gives the cheapest allowed treatment to the individuals it names in `capped`)",
     )
     capped: int | None = Field(default=None, description="individuals moved to their cheapest allowed treatment")
+
+
+class AllocationColumns(BaseModel):
+    """The allocations of a columnar answer: each field of `Allocation` as one array, in request order."""
+
+    id: list[str | int]
+    treatment: list[int]
+    treatment_name: list[str]
+    expected_revenue: list[float]
+    expected_cost: list[float]
+    decision_id: list[str]
+
+
+class AllocateColumnsResponse(BaseModel):
+    """The answer to a columnar body sent with `"response": "columns"`; otherwise as AllocateResponse."""
+
+    allocations: AllocationColumns
+    model_version: str
+    lambda_: float = Field(alias="lambda")
+    lambda_version: int
+    campaign_status: str | None = None
+    capped: int | None = None
 
 
 class ErrorOut(BaseModel):
@@ -234,11 +261,12 @@ ALLOCATE_EXAMPLES = {
         },
     },
     "columns": {
-        "summary": "Columns (batch callers): one array per feature, in GET /model order",
+        "summary": "Columns (batch callers): one array per feature, in GET /model order; answer in columns too",
         "value": {
             "campaign": "default",
             "ids": ["user-1", "user-2"],
             "columns": [list(pair) for pair in zip(_ROW, _ROW_2, strict=True)],
+            "response": "columns",
         },
     },
     "matrix": {

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +30,13 @@ class Explored:
 
 
 def utc_day(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+    return _day_text(int(timestamp // 86_400))
+
+
+@lru_cache(maxsize=8)
+def _day_text(day: int) -> str:
+    """The date of a day number since the epoch (cached: every request asks, `strftime` is a few µs)."""
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def draws(campaign: str, ids: Sequence[str | int], day: str) -> tuple[NDArray[np.float64], NDArray[np.uint64]]:

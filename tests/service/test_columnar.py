@@ -38,6 +38,22 @@ def test_row_columns_and_matrix_bodies_give_identical_allocations(client: TestCl
     assert all(t in (0, 1) for t, a in zip(treatments, allowed, strict=True) if a is not None)
 
 
+def test_a_columnar_answer_holds_the_row_answer_field_by_field(client: TestClient, model_dir: Path) -> None:
+    x = _population(model_dir, 120)
+    ids: list[Any] = [f"u{i}" if i % 2 else i for i in range(len(x))]
+    allowed: list[Any] = [None if i % 5 else [1, 2] for i in range(len(x))]
+    body = {"campaign": "default", "ids": ids, "matrix": x.tolist(), "allowed_treatments": allowed}
+    by_rows = client.post("/allocate", json=body).json()
+    by_columns = client.post("/allocate", json={**body, "response": "columns"}).json()
+    fields = by_columns.pop("allocations")
+    assert set(fields) == {"id", "treatment", "treatment_name", "expected_revenue", "expected_cost", "decision_id"}
+    assert all(len(values) == len(ids) for values in fields.values())
+    as_rows = [dict(zip(fields, values, strict=True)) for values in zip(*fields.values(), strict=True)]
+    assert len({a["decision_id"] for a in as_rows}) == len(ids)  # ids of this request's own decisions
+    assert _without_decision_ids({**by_columns, "allocations": as_rows}) == _without_decision_ids(by_rows)
+    assert fields["id"] == ids
+
+
 def test_integer_and_boolean_values_count_as_numbers(client: TestClient) -> None:
     columns = [[1, 0.5], [2, 3], [True, False], [False, True]]
     by_columns = client.post("/allocate", json={"ids": ["a", "b"], "columns": columns}).json()
@@ -86,6 +102,8 @@ def _without_decision_ids(answer: dict[str, Any]) -> dict[str, Any]:
         ({"ids": ["a"], "matrix": [[1] * 4], "allowed_treatments": [None, None]}, 422, "allowed_treatments: expected"),
         ({"ids": ["a"] * 6, "matrix": [[1] * 4] * 6}, 413, "ids: batch of 6 exceeds the limit of 5"),
         ({"ids": ["a"], "matrix": [[1] * 4], "campaign": "a b"}, 422, "campaign: expected 1-64 characters"),
+        ({"ids": ["a"], "matrix": [[1] * 4], "response": "csv"}, 422, "response: expected one of ['rows', 'columns']"),
+        ({"ids": ["a"], "matrix": [[1] * 4], "response": None}, 422, "response: expected one of"),
     ],
 )
 def test_columnar_errors_name_the_field(
@@ -113,5 +131,10 @@ def test_openapi_documents_both_body_forms_with_examples(client: TestClient) -> 
     content = spec["paths"]["/allocate"]["post"]["requestBody"]["content"]["application/json"]
     rows, columns = content["schema"]["oneOf"]
     assert set(rows["properties"]) == {"campaign", "individuals"}
-    assert set(columns["properties"]) == {"campaign", "ids", "columns", "matrix", "allowed_treatments"}
+    assert set(columns["properties"]) == {"campaign", "ids", "columns", "matrix", "allowed_treatments", "response"}
     assert set(content["examples"]) == {"rows", "columns", "matrix"}
+    answers = spec["paths"]["/allocate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in answers["anyOf"]} == {
+        "AllocateResponse",
+        "AllocateColumnsResponse",
+    }
