@@ -7,7 +7,9 @@ process answered and which λ* version it serves.
 
 from __future__ import annotations
 
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,3 +185,44 @@ def test_a_broken_artifact_stops_every_worker_instead_of_restarting_them(redis_u
     assert result.returncode == 3, result.stderr.decode()[-2000:]  # uvicorn's startup failure, as one process
     assert b"manifest.json: invalid manifest: features_extra" in result.stderr
     assert b"failed to start; stopping" in result.stderr
+
+
+def test_each_worker_listens_on_its_own_socket_of_one_port() -> None:
+    """SO_REUSEPORT sockets, one per worker: the kernel spreads new connections over them (one shared socket
+    let the first worker to wake accept all 16 of wrk's connections). Port 0 picks one free port for all."""
+    from service.supervisor import listening_sockets
+
+    sockets = listening_sockets("127.0.0.1", 0, 3)
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(sockets) == 3 and len(ports) == 1
+        assert all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for sock in sockets)
+        # Connections land on more than one of them (16 clients all hashed to one socket: p = 3 * 3**-16).
+        port = ports.pop()
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+        try:
+            accepted = [0] * len(sockets)
+            while sum(accepted) < len(clients):
+                ready, _, _ = select.select(sockets, [], [], 2.0)
+                assert ready, f"accepted {accepted} of {len(clients)} connections"
+                for sock in ready:
+                    sock.accept()[0].close()
+                    accepted[sockets.index(sock)] += 1
+            assert max(accepted) < len(clients), accepted  # each socket has its own queue
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_taken_port_is_a_clear_error_not_a_traceback(redis_url: str) -> None:
+    from service.config import Settings
+    from service.supervisor import supervise
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert supervise(Settings(redis_url=redis_url), 2, "127.0.0.1", port, "%(message)s") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -313,3 +314,29 @@ def test_a_body_that_is_not_utf8_is_422_naming_the_body(client: TestClient, path
     response = method(path, content=b"VR\xff\xfe", headers={**ADMIN, "content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith("body: invalid JSON")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ONE,
+        {"ids": ["a", "b"], "matrix": [[0.3, -0.2, 1, 0], [1.5, 2.0, 0, 1]], "response": "columns"},
+        {"individuals": [{"id": 1, "features": [0.3, "x", 1, 0]}]},
+        {"individuals": []},
+        {"ids": ["a"], "columns": [[1]] * 3},
+        {"campaign": "no-such-campaign", "individuals": ONE["individuals"]},
+    ],
+)
+def test_the_hot_path_answers_as_the_fastapi_route_it_bypasses(
+    make_client: Any, model_dir: Path, body: dict[str, Any]
+) -> None:
+    """POST /allocate skips FastAPI's stack (`service.main.AllocatorApp`); its FastAPI route, which OpenAPI
+    documents, must give the same status and body (decision ids aside: every answer logs its own)."""
+    hot = make_client(model_dir)
+    routed = make_client(model_dir)
+    routed.app.hot_path = False
+    answers = [client.post("/allocate", json=body) for client in (hot, routed)]
+    assert answers[0].status_code == answers[1].status_code, [a.text for a in answers]
+    assert answers[0].headers["content-type"] == answers[1].headers["content-type"] == "application/json"
+    bodies = [re.sub(r'"[0-9a-f]{16}-[0-9a-f]+"', '"<decision>"', a.text) for a in answers]
+    assert bodies[0] == bodies[1]
