@@ -1,17 +1,19 @@
 """Serving benchmark: /allocate server and client-observed time, 1 and 2 workers, beside ceilings from the same run.
 
     make bench-deps   # redis-server and wrk (Debian packages)
-    python -m bench.serve [--model-dir models/default] [--batch 1000] [--seconds 10] [--workers 1,2]
+    python -m bench.serve [--model-dir models/default] [--batch 1000] [--seconds 5] [--rounds 3] [--workers 1,2]
 
-For each worker count, starts `python -m service` (`ALLOCATOR_WORKERS`, one onnxruntime thread each, loopback,
-a redis-server on a free port) and loads it with `wrk` (bench/wrk.py), a C load generator:
+Starts `python -m service` for each worker count (`ALLOCATOR_WORKERS`, one onnxruntime thread each, loopback,
+one redis-server on a free port) and two trivial apps, all at once, and loads each in turn with `wrk`
+(bench/wrk.py), a C load generator, in `--rounds` interleaved rounds of `--seconds` per load:
   * row batch and columnar batch (answered in rows, and in columns): `--batch` individuals per request, one
     connection per worker; the server's own time (Server-Timing) and the client-observed latency and throughput;
   * single-individual requests at each of `--connections` (default 1, 16, 64): req/s, p50 and p99, client and
-    server side, and the CPU share wrk itself took from the shared cores;
+    server side, and the CPU that wrk, the server and everything else took from the shared cores;
   * /budget: server time and λ* solve time for new budgets.
-Ceilings, measured in this process in the same run: orjson decoding of each body, onnxruntime alone on the
-batch and on one row, and a trivial FastAPI POST under the same uvicorn (the HTTP stack alone, `wrk`).
+Ceilings, measured again in each round: orjson decoding of each body and onnxruntime alone on the batch and on
+one row (in this process), a trivial FastAPI POST under the same uvicorn (the HTTP stack alone, `wrk`), and
+how much more work two busy processes do than one on this machine (bench/machine.py).
 Results go to docs/benchmarks.md ("serve"). When `--model-dir` does not exist, a toy model is built.
 """
 
@@ -23,7 +25,10 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,10 +38,11 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
+from bench.machine import cpu_scaling
 from bench.report import write_section
 from bench.serve_report import report
-from bench.servers import ADMIN_TOKEN, allocator, redis_server, trivial_server
-from bench.wrk import LoadResult, require_wrk, run_wrk
+from bench.servers import ADMIN_TOKEN, Server, allocator, redis_server, trivial_server
+from bench.wrk import LoadResult, combine, require_wrk, run_wrk
 from service.decision import sweep
 from service.manifest import Manifest, Treatment, read_manifest
 
@@ -189,20 +195,68 @@ class WorkerRuns:
     budget_solve_ms: list[float]
 
 
-def run_workers(
-    workers: int, model_dir: Path, redis_url: str | None, bodies: dict[str, bytes], args: argparse.Namespace
-) -> WorkerRuns:
-    with allocator(model_dir, redis_url, max(args.batch, 10_000), workers) as server:
-        check_bodies(server.url, bodies)
-        url = f"{server.url}/allocate"
-        run_wrk(url, bodies["one"], 16, 2, server.pid)  # warm-up: connections, caches, allocator
-        # One connection per worker: server time is the request's own, not time queued behind another.
-        rows = run_wrk(url, bodies["rows"], workers, args.seconds, server.pid)
-        columns = run_wrk(url, bodies["columns"], workers, args.seconds, server.pid)
-        columns_out = run_wrk(url, bodies["columns_out"], workers, args.seconds, server.pid)
-        single = [run_wrk(url, bodies["one"], c, args.seconds, server.pid) for c in args.connections]
-        budget_server, budget_solve = run_budget(server.url, args.budgets)
-    return WorkerRuns(workers, rows, columns, columns_out, single, budget_server, budget_solve)
+def run_rounds(
+    args: argparse.Namespace,
+    servers: dict[int, Server],
+    trivials: dict[str, Server],
+    bodies: dict[str, bytes],
+    ceiling: Callable[[], Ceilings],
+) -> tuple[list[Ceilings], list[float], int, dict[tuple[str, Any, int], LoadResult]]:
+    """Every load `args.rounds` times, interleaved: round 1 runs each load once, then round 2, … So the
+    machine's drifting speed (±25% from one 10 s to the next on this VM) falls on every load alike and the
+    ratios between them (workers, the trivial app, the ceilings, measured again each round) hold.
+
+    Returns the ceilings and the machine's 2-process scaling of each round, how many batch runs were redone
+    because a worker got no connection, and each load's runs combined, keyed by (body, workers or trivial
+    app, connections).
+    """
+    loads: dict[tuple[str, Any, int], list[LoadResult]] = defaultdict(list)
+    ceilings, scaling = [], []
+    redone_runs = 0
+    for round_ in range(args.rounds):
+        started = time.monotonic()
+        ceilings.append(ceiling())
+        scaling.append(cpu_scaling())
+        for name, trivial in trivials.items():
+            loads["trivial", name, 16].append(
+                run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
+            )
+        for workers, server in servers.items():
+            url = f"{server.url}/allocate"
+            # One connection per worker: server time is the request's own, not time queued behind another.
+            for form in ("rows", "columns", "columns_out"):
+                result, redone = one_connection_per_worker(url, bodies[form], workers, args.seconds, server.pid)
+                loads[form, workers, workers].append(result)
+                redone_runs += redone
+            for connections in args.connections:
+                result = run_wrk(url, bodies["one"], connections, args.seconds, server.pid)
+                loads["one", workers, connections].append(result)
+        print(f"round {round_ + 1}/{args.rounds} took {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return ceilings, scaling, redone_runs, {key: combine(runs) for key, runs in loads.items()}
+
+
+# A worker with less than this share of the server's CPU in a batch run had no connection of its own.
+IDLE_WORKER_SHARE = 0.1
+BALANCE_TRIES = 5
+
+
+def one_connection_per_worker(url: str, body: bytes, workers: int, seconds: float, pid: int) -> tuple[LoadResult, int]:
+    """A batch run with `workers` connections, redone (new connections) while the kernel's SO_REUSEPORT hash
+    gave two of them to one worker and left another idle (a coin flip for 2 of 2); the runs redone."""
+    for tries in range(BALANCE_TRIES):
+        result = run_wrk(url, body, workers, seconds, pid)
+        if workers == 1 or min(result.worker_cpu, default=1.0) >= IDLE_WORKER_SHARE * result.server_cpu / workers:
+            return result, tries
+    return result, BALANCE_TRIES - 1  # reported as measured: the split shows in the CPU column
+
+
+def median_ceilings(rounds: list[Ceilings]) -> Ceilings:
+    """Each ceiling's median wall and CPU time over the rounds."""
+
+    def median(timings: list[Timing]) -> Timing:
+        return Timing(float(np.median([t.wall for t in timings])), float(np.median([t.cpu for t in timings])))
+
+    return Ceilings(*(median([getattr(c, f.name) for c in rounds]) for f in fields(Ceilings)))
 
 
 def parse_ints(text: str) -> list[int]:
@@ -213,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path("models/default"))
     parser.add_argument("--batch", type=int, default=1000, help="individuals per batch request")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run in each round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every load")
     parser.add_argument("--workers", type=parse_ints, default=[1, 2], help="worker counts to measure (e.g. 1,2)")
     parser.add_argument("--connections", type=parse_ints, default=[1, 16, 64], help="wrk connections, single")
     parser.add_argument("--budgets", type=int, default=30, help="new budgets posted to /budget")
@@ -245,14 +300,41 @@ def main(argv: list[str] | None = None) -> None:
         low, high = (path.min_spend * (1 + 1e-6) + 1e-9) / path.n_rows, path.max_spend / path.n_rows
         args.budgets = list(np.linspace(low, high, args.budgets))
 
-        with trivial_server() as trivial:
-            stack = run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
-        with trivial_server(pure_python=True) as trivial:
-            pure = run_wrk(f"{trivial.url}/allocate", bodies["one"], 16, args.seconds, trivial.pid)
-        with redis_server() as redis_url:
+        with ExitStack() as stack:
+            redis_url = stack.enter_context(redis_server())
             if redis_url is None and max(args.workers) > 1:
                 raise SystemExit("several workers need Redis: `make bench-deps` installs redis-server")
-            runs = [run_workers(w, model_dir, redis_url, bodies, args) for w in args.workers]
+            # Every server runs for the whole benchmark (idle while another is measured), so rounds interleave.
+            trivials = {
+                "trivial app": stack.enter_context(trivial_server()),
+                "trivial app, h11 + asyncio": stack.enter_context(trivial_server(pure_python=True)),
+            }
+            servers = {
+                w: stack.enter_context(allocator(model_dir, redis_url, max(args.batch, 10_000), w))
+                for w in args.workers
+            }
+            for server in servers.values():
+                check_bodies(server.url, bodies)
+                run_wrk(f"{server.url}/allocate", bodies["one"], 16, 2, server.pid)  # warm-up
+            x_batch = population[np.arange(args.batch) % len(population)]
+            rounds, scaling, redone, loads = run_rounds(
+                args, servers, trivials, bodies, lambda: measure_ceilings(model_dir, bodies, x_batch)
+            )
+            budget_server, budget_solve = run_budget(servers[max(servers)].url, args.budgets)
+        runs = [
+            WorkerRuns(
+                w,
+                loads["rows", w, w],
+                loads["columns", w, w],
+                loads["columns_out", w, w],
+                [loads["one", w, c] for c in args.connections],
+                budget_server if w == max(servers) else [],
+                budget_solve if w == max(servers) else [],
+            )
+            for w in args.workers
+        ]
+        ceilings = median_ceilings(rounds)
+        stacks = (loads["trivial", "trivial app", 16], loads["trivial", "trivial app, h11 + asyncio", 16])
     context = {
         "source": source,
         "manifest": manifest,
@@ -260,8 +342,10 @@ def main(argv: list[str] | None = None) -> None:
         "sizes": {form: len(body) for form, body in bodies.items()},
         "uptime": (uptime_before, uptime()),
         "nice": os.nice(0),  # the priority the benchmark (and the server and wrk it starts) ran at
+        "scaling": scaling,
+        "redone": redone,
     }
-    markdown = report(args, ceilings, (stack, pure), runs, context)
+    markdown = report(args, ceilings, stacks, runs, context)
     print(markdown)
     if not args.no_write:
         command = "python -m bench.serve" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()

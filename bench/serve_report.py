@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +46,10 @@ def per_core(result: LoadResult) -> float:
 
 
 def _cpu(result: LoadResult) -> str:
-    return f"{result.client_cpu:.0%} / {result.server_cpu:.0%}"
+    """wrk / server / everything else (Redis, the benchmark itself, other jobs), in shares of one core."""
+    rest = max(0.0, result.machine_cpu - result.client_cpu - result.server_cpu)
+    split = f" ({' + '.join(f'{cpu:.0%}' for cpu in result.worker_cpu)})" if len(result.worker_cpu) > 1 else ""
+    return f"{result.client_cpu:.0%} / {result.server_cpu:.0%}{split} / {rest:.0%}"
 
 
 def report(
@@ -62,7 +66,10 @@ def report(
         f"Model: {context['source']} (model version {manifest.model_version}, D={manifest.n_features}, "
         f"K={manifest.n_treatments}); `python -m service` on loopback with {context['store']}, "
         f"`ALLOCATOR_WORKERS` = {', '.join(str(r.workers) for r in runs)}, one onnxruntime thread per worker. "
-        f"Load: `wrk` (one thread, keep-alive connections, {args.seconds:g} s per run) on the same 2 cores.",
+        f"Load: `wrk` (one thread, keep-alive connections) on the same 2 cores, {args.rounds} interleaved rounds "
+        f"of {args.seconds:g} s per load: every server runs throughout and each round loads each once, so the "
+        "machine's drifting speed falls on all alike. req/s over all rounds; p50 the median round's, p99 the "
+        "worst round's; ceilings the median of the rounds'.",
         "",
         f"Machine load (`uptime`): {context['uptime'][0]} at the start, {context['uptime'][1]} at the end; "
         f"the benchmark, its server and wrk ran at niceness {context['nice']}. "
@@ -85,6 +92,8 @@ def report(
         f"| onnxruntime alone, one row | {_ms(ceilings.onnx_one)} | {1 / ceilings.onnx_one.wall:,.0f} req/s |",
         f"| trivial FastAPI POST (reads the body, answers a constant), same uvicorn, one process, "
         f"wrk {stack.connections} connections | p99 {stack.p99_ms:.1f} ms | {stack.rps:,.0f} req/s |",
+        f"| the machine: work of 2 busy processes over 1, a pure-Python loop (bench/machine.py), per round | "
+        f"{' / '.join(f'{x:.2f}×' for x in context['scaling'])} | – |",
         "",
         f"**Batch path** ({n} individuals per request; one wrk connection per worker, so a request never waits "
         "behind another in its process). Server time: the app's Server-Timing (median), wall and, in brackets, "
@@ -92,8 +101,10 @@ def report(
         "reading the body off the socket while wrk is still sending it. Ratios: the JSON-decoding ceiling's "
         "time over the server's (100% = nothing but decoding), wall over wall and CPU over CPU.",
         "",
+        f"Batch runs redone because the kernel gave both connections to one worker: {context['redone']}.",
+        "",
         "| workers | body | server time | vs decoding the row body | vs decoding its own body | client p50 "
-        "| individuals/s (client) | wrk / server CPU |",
+        "| individuals/s (client) | CPU: wrk / server / rest |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
@@ -112,7 +123,7 @@ def report(
         "**Single-individual requests** (one individual per request, the row body; wrk's own latency "
         "percentiles, and the app's Server-Timing for the same requests):",
         "",
-        "| workers | connections | req/s | p50 | p99 | server p50 / p99 | wrk / server CPU "
+        "| workers | connections | req/s | p50 | p99 | server p50 / p99 | CPU: wrk / server / rest "
         "| req/s per server core | load at start |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -128,12 +139,17 @@ def report(
         "",
         "req/s per server core: requests over the CPU seconds the server processes used, i.e. what one core "
         "would serve if the server had it to itself (a projection that holds while the server is CPU-bound; "
-        "it does not count the CPU wrk needs).",
+        "it does not count the CPU wrk needs). CPU columns, in shares of one core (the machine has "
+        f"{os.cpu_count()}): wrk, the server's processes, and the rest of the machine (Redis, which the "
+        "service writes its decision log to, this benchmark's own process, anything else running); with "
+        "several workers, each one's share in brackets. A worker serves the connections the kernel hands its "
+        "socket (SO_REUSEPORT, a hash of the client's address), so with as many connections as workers two "
+        "connections can land on one worker.",
     ]
     failures = sum(r.failures for run in runs for r in (run.rows, run.columns, run.columns_out, *run.single))
     lines += ["", f"Failed requests (non-200 or socket errors) over every run: {failures}.", ""]
-    lines += targets(args, ceilings, runs)
-    last = runs[-1]
+    lines += targets(args, ceilings, runs, context["scaling"])
+    last = next(run for run in reversed(runs) if run.budget_server_ms)
     lines += [
         "",
         f"**POST /budget** ({len(last.budget_server_ms)} new budgets, {last.workers} worker(s)):",
@@ -148,7 +164,7 @@ def report(
     return "\n".join(lines)
 
 
-def targets(args: argparse.Namespace, ceilings: Ceilings, runs: list[WorkerRuns]) -> list[str]:
+def targets(args: argparse.Namespace, ceilings: Ceilings, runs: list[WorkerRuns], scaling: list[float]) -> list[str]:
     """The issue's Done-when, each with the number from this run that decides it."""
     by_workers = {run.workers: run for run in runs}
     lines = ["**Targets** (issue 16), from this run:", ""]
@@ -185,7 +201,8 @@ def targets(args: argparse.Namespace, ceilings: Ceilings, runs: list[WorkerRuns]
                 ratio = single_two.rps / single_one.rps
                 lines.append(
                     f"- 2 workers ≥ 1.6× the req/s of 1 at {single_two.connections} connections: {ratio:.2f}× "
-                    f"{_yes(ratio >= 1.6)} (CPU, wrk / server: {_cpu(single_one)} with 1 worker, "
+                    f"(the machine: {np.median(scaling):.2f}× for 2 busy processes) "
+                    f"{_yes(ratio >= 1.6)} (CPU, wrk / server / rest: {_cpu(single_one)} with 1 worker, "
                     f"{_cpu(single_two)} with 2)"
                 )
     return lines

@@ -38,6 +38,8 @@ class LoadResult:
     server_cpu_p50_ms: float  # Server-Timing cpu: the process's CPU time during the request (one in flight)
     client_cpu: float  # wrk's CPU seconds per wall second (1.0 = one full core)
     server_cpu: float  # the server processes' CPU seconds per wall second
+    machine_cpu: float  # every process's CPU seconds per wall second (/proc/stat): wrk, server, Redis, the rest
+    worker_cpu: tuple[float, ...]  # each worker process's share (busiest first; empty for a single process)
     load_before: float  # 1-minute load average when the run started
     failures: int  # non-200 answers and socket errors
 
@@ -49,9 +51,9 @@ def require_wrk() -> str:
     return binary
 
 
-def process_tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) used so far by `root` and its live child processes (uvicorn workers)."""
-    total = 0.0
+def process_tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by `root` and each of its live child processes (workers)."""
+    used = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
@@ -60,8 +62,8 @@ def process_tree_cpu(root: int) -> float:
         pid = int(stat.parent.name)
         fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, …
         if pid == root or int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-    return total
+            used[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return used
 
 
 def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid: int) -> LoadResult:
@@ -75,11 +77,19 @@ def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid:
         load_before = os.getloadavg()[0]
         server_before = process_tree_cpu(server_pid)
         client_before = _children_cpu()  # wrk is the only child reaped during the run
+        machine_before = machine_busy_cpu()
         started = time.perf_counter()
         process = subprocess.run(command, env=env, capture_output=True, check=False)
         elapsed = time.perf_counter() - started
         client_cpu = _children_cpu() - client_before
-        server_cpu = process_tree_cpu(server_pid) - server_before
+        server_after = process_tree_cpu(server_pid)
+        server_cpu = sum(server_after.values()) - sum(server_before.values())
+        workers = {
+            pid: cpu - server_before.get(pid, 0.0)
+            for pid, cpu in server_after.items()
+            if pid != server_pid and _is_worker(pid)
+        }
+        machine_cpu = machine_busy_cpu() - machine_before
     out, err = process.stdout, process.stderr
     text = out.decode()
     summary = re.search(
@@ -104,9 +114,26 @@ def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid:
         server_cpu_p50_ms=float(np.percentile(cpu_ms, 50)),
         client_cpu=client_cpu / elapsed,
         server_cpu=server_cpu / elapsed,
+        machine_cpu=machine_cpu / elapsed,
+        worker_cpu=tuple(sorted((cpu / elapsed for cpu in workers.values()), reverse=True)),
         load_before=load_before,
         failures=non200 + errors,
     )
+
+
+def _is_worker(pid: int) -> bool:
+    """A worker process, not multiprocessing's resource tracker (also a child of the supervisor)."""
+    try:
+        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def machine_busy_cpu() -> float:
+    """CPU seconds every core spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS  # user … steal; guest time is already counted in user
 
 
 def _children_cpu() -> float:
@@ -118,3 +145,35 @@ def _values(text: str) -> np.ndarray:
     """Comma-separated numbers; [0] when there are none (the trivial app sends no Server-Timing)."""
     values = [float(v) for v in text.split(",") if v]
     return np.array(values or [0.0])
+
+
+def combine(runs: list[LoadResult]) -> LoadResult:
+    """Several runs of one load (the rounds of bench.serve) as one: requests and time add up, CPU shares are
+    time-weighted, medians are the median of the runs' and p99s the worst run's (a p99 over all requests
+    cannot be rebuilt from per-run percentiles; the worst one does not understate it)."""
+    seconds = sum(r.seconds for r in runs)
+
+    def weighted(values: list[float]) -> float:
+        return sum(v * r.seconds for v, r in zip(values, runs, strict=True)) / seconds
+
+    widths = {len(r.worker_cpu) for r in runs}
+    worker_cpu: tuple[float, ...] = ()
+    if len(widths) == 1:  # the same worker processes throughout (none restarted)
+        worker_cpu = tuple(weighted([r.worker_cpu[i] for r in runs]) for i in range(widths.pop()))
+    return LoadResult(
+        connections=runs[0].connections,
+        seconds=seconds,
+        requests=sum(r.requests for r in runs),
+        rps=sum(r.requests for r in runs) / seconds,
+        p50_ms=float(np.median([r.p50_ms for r in runs])),
+        p99_ms=max(r.p99_ms for r in runs),
+        server_p50_ms=float(np.median([r.server_p50_ms for r in runs])),
+        server_p99_ms=max(r.server_p99_ms for r in runs),
+        server_cpu_p50_ms=float(np.median([r.server_cpu_p50_ms for r in runs])),
+        client_cpu=weighted([r.client_cpu for r in runs]),
+        server_cpu=weighted([r.server_cpu for r in runs]),
+        machine_cpu=weighted([r.machine_cpu for r in runs]),
+        worker_cpu=worker_cpu,
+        load_before=runs[0].load_before,
+        failures=sum(r.failures for r in runs),
+    )
