@@ -11,6 +11,10 @@ fields (bytes):
 - `treatment` (int64), `propensity` (float64), `explore` (bool, one byte each) and `features` (float32, N × D,
   encoded, manifest order): little-endian array bytes, C order; `layout` is a JSON object giving each array's
   dtype and shape, e.g. `{"treatment": ["<i8", [N]], ..., "features": ["<f4", [N, D]]}`.
+Format 3 is several batches of one campaign and model in ONE entry, which the shipper writes when a round
+holds more than one (single-individual requests: one XADD per round instead of one per request): `format` "3",
+`campaign`, `model_version`, `count` (all decisions), `individuals` and the arrays concatenated in batch order
+as in format 2, and `batches`: a JSON array of `[token, count, time, lambda, lambda_version]`, one per batch.
 Entries without a `format` field are format 1 (issue 14's first layout, one entry per decision; the sink still
 reads them): `id`, `time`, `campaign`, `individual`, `model_version`, `lambda`, `lambda_version`, `treatment`,
 `propensity`, `explore` ("1"/"0") and `features` (little-endian float32 bytes).
@@ -29,6 +33,7 @@ import orjson
 from numpy.typing import NDArray
 
 FORMAT = "2"
+MERGED_FORMAT = "3"
 # The arrays of a format-2 entry: field → (dtype written, number of dimensions).
 ARRAYS: dict[str, tuple[str, int]] = {
     "treatment": ("<i8", 1),
@@ -119,13 +124,9 @@ class DecisionBatch:
             raise ValueError(f"field 'format': expected {FORMAT!r}, got {fields.get(b'format')!r}")
         try:
             n = int(_field(fields, "count"))
-            layout = orjson.loads(_field(fields, "layout"))
-            individuals = orjson.loads(_field(fields, "individuals"))
-        except (ValueError, orjson.JSONDecodeError) as error:
-            raise ValueError(f"field 'count', 'layout' or 'individuals' unreadable: {error}") from error
-        if not isinstance(individuals, list) or len(individuals) != n:
-            raise ValueError(f"field 'individuals': expected a JSON array of {n} ids")
-        arrays = {name: _array(fields, layout, name, n) for name in ARRAYS}
+        except ValueError as error:
+            raise ValueError(f"field 'count' unreadable: {error}") from error
+        individuals, arrays = _columns(fields, n)
         return cls(
             token=_field(fields, "token").decode(),
             time=float(_field(fields, "time")),
@@ -134,11 +135,85 @@ class DecisionBatch:
             model_version=_field(fields, "model_version").decode(),
             lam=float(_field(fields, "lambda")),
             lambda_version=int(_field(fields, "lambda_version")),
-            treatment=arrays["treatment"].astype(np.int64, copy=False),
-            propensity=arrays["propensity"].astype(np.float64, copy=False),
-            explore=arrays["explore"].astype(np.bool_, copy=False),
-            features=arrays["features"].astype(np.float32, copy=False),
+            **arrays,
         )
+
+
+def merged_entry(batches: list[DecisionBatch]) -> dict[str, bytes | str]:
+    """Several batches of one campaign and model as one stream entry (format 3, see the module docstring)."""
+    first = batches[0]
+    if any(b.campaign != first.campaign or b.model_version != first.model_version for b in batches):
+        raise ValueError("one entry holds batches of one campaign and model version")
+    arrays = {
+        name: np.ascontiguousarray(np.concatenate([getattr(b, name) for b in batches]), dtype=dtype)
+        for name, (dtype, _) in ARRAYS.items()
+    }
+    layout = {name: [array.dtype.str, list(array.shape)] for name, array in arrays.items()}
+    meta = [[b.token, b.size, b.time, float(b.lam), b.lambda_version] for b in batches]
+    individuals = [individual for b in batches for individual in b.individuals]
+    return {
+        "format": MERGED_FORMAT,
+        "campaign": first.campaign,
+        "model_version": first.model_version,
+        "count": str(len(individuals)),
+        "batches": orjson.dumps(meta),
+        "individuals": _individuals_json(individuals),
+        "layout": orjson.dumps(layout),
+        **{name: array.tobytes() for name, array in arrays.items()},
+    }
+
+
+def batches_from_entry(fields: dict[bytes, bytes]) -> list[DecisionBatch]:
+    """The batches of a format-2 or format-3 entry, in the order they were decided; ValueError naming the field."""
+    if fields.get(b"format") != MERGED_FORMAT.encode():
+        return [DecisionBatch.from_entry(fields)]
+    try:
+        n = int(_field(fields, "count"))
+        meta = orjson.loads(_field(fields, "batches"))
+        parts = [
+            (str(token), int(size), float(when), float(lam), int(version)) for token, size, when, lam, version in meta
+        ]
+    except (ValueError, TypeError, orjson.JSONDecodeError) as error:
+        raise ValueError(f"field 'count' or 'batches' unreadable: {error}") from error
+    if sum(size for _, size, *_ in parts) != n or any(size < 1 for _, size, *_ in parts):
+        raise ValueError(f"field 'batches': batch sizes do not add up to the {n} decisions of the entry")
+    individuals, arrays = _columns(fields, n)
+    campaign, model_version = _field(fields, "campaign").decode(), _field(fields, "model_version").decode()
+    batches, start = [], 0
+    for token, size, when, lam, version in parts:
+        rows = slice(start, start + size)
+        start += size
+        batches.append(
+            DecisionBatch(
+                token=token,
+                time=when,
+                campaign=campaign,
+                individuals=individuals[rows],
+                model_version=model_version,
+                lam=lam,
+                lambda_version=version,
+                **{name: array[rows] for name, array in arrays.items()},
+            )
+        )
+    return batches
+
+
+def _columns(fields: dict[bytes, bytes], n: int) -> tuple[list[str | int], dict[str, Any]]:
+    """The individuals and the arrays (typed as `DecisionBatch` holds them) of an entry of n decisions."""
+    try:
+        layout = orjson.loads(_field(fields, "layout"))
+        individuals = orjson.loads(_field(fields, "individuals"))
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"field 'layout' or 'individuals' unreadable: {error}") from error
+    if not isinstance(individuals, list) or len(individuals) != n:
+        raise ValueError(f"field 'individuals': expected a JSON array of {n} ids")
+    arrays = {name: _array(fields, layout, name, n) for name in ARRAYS}
+    return individuals, {
+        "treatment": arrays["treatment"].astype(np.int64, copy=False),
+        "propensity": arrays["propensity"].astype(np.float64, copy=False),
+        "explore": arrays["explore"].astype(np.bool_, copy=False),
+        "features": arrays["features"].astype(np.float32, copy=False),
+    }
 
 
 def _field(fields: dict[bytes, bytes], name: str) -> bytes:

@@ -30,7 +30,7 @@ import redis
 from numpy.typing import NDArray
 from redis.exceptions import RedisError, ResponseError
 
-from service.decisions.record import DecisionBatch
+from service.decisions.record import DecisionBatch, batches_from_entry
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def write_durably(table: pa.Table, path: Path) -> None:
 
 def entries_table(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pa.Table:
     """The Parquet rows of stream entries (id, fields) as the shipper wrote them (`service.decisions.record`):
-    one row per decision, in stream order; a format-2 entry gives all of its batch's rows, each with the entry's
-    stream id. ValueError naming the stream id and field for an entry that cannot be read."""
+    one row per decision, in stream order; a format-2 or -3 entry gives all of its batches' rows, each with the
+    entry's stream id. ValueError naming the stream id and field for an entry that cannot be read."""
     tables: list[pa.Table] = []
     single: list[tuple[bytes, dict[bytes, bytes]]] = []  # a run of format-1 entries (one decision each)
     for stream_id, fields in entries:
@@ -107,10 +107,10 @@ def entries_table(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pa.Table:
             tables.append(_single_rows_table(single))
             single = []
         try:
-            batch = DecisionBatch.from_entry(fields)
+            batches = batches_from_entry(fields)
         except ValueError as error:
             raise ValueError(f"stream entry {stream_id.decode()}: {error}") from error
-        tables.append(batch_table(batch, stream_id.decode()))
+        tables.extend(batch_table(batch, stream_id.decode()) for batch in batches)
     if single:
         tables.append(_single_rows_table(single))
     if not tables:

@@ -1,4 +1,5 @@
-"""A request's decisions as one stream entry (format 2) through a real redis-server, back to the sink's rows."""
+"""A request's decisions as one stream entry (format 2), or a round's requests as one (format 3), through a real
+redis-server, back to the sink's rows."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.decisions.record import DecisionBatch, new_batch_token
+from service.decisions.record import DecisionBatch, batches_from_entry, merged_entry, new_batch_token
 
 pytest.importorskip("pyarrow")
 from service.decisions.sink import entries_table
@@ -106,3 +107,42 @@ def test_integer_ids_beyond_64_bits_are_logged_as_text() -> None:
     huge = DecisionBatch(**{**batch.__dict__, "individuals": [2**70, "x"]})
     fields = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in huge.entry().items()}
     assert DecisionBatch.from_entry(fields).individuals == [str(2**70), "x"]
+
+
+def _fields(entry: dict[str, Any]) -> dict[bytes, bytes]:
+    """An entry as Redis gives it back: bytes keys and values."""
+    return {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in entry.items()}
+
+
+def test_a_rounds_batches_in_one_entry_give_the_rows_of_one_entry_each(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    batches = [_batch(n, seed=10 + n) for n in (1, 1, 7, 1)]
+    batches[1] = DecisionBatch(**{**batches[1].__dict__, "lam": 0.5, "lambda_version": 8})  # λ* moved between
+    merged, apart = f"{prefix}:merged", f"{prefix}:apart"
+    client.xadd(merged, merged_entry(batches))  # type: ignore[arg-type]
+    for batch in batches:
+        client.xadd(apart, batch.entry())  # type: ignore[arg-type]
+    assert client.xlen(merged) == 1
+    rows, before = entries_table(client.xrange(merged)), entries_table(client.xrange(apart))
+    assert rows.num_rows == before.num_rows == 10
+    for name in rows.schema.names:
+        if name != "stream_id":
+            assert rows.column(name).equals(before.column(name)), name
+    back = batches_from_entry(client.xrange(merged)[0][1])
+    assert [b.decision_ids for b in back] == [b.decision_ids for b in batches]
+    assert [(b.time, b.lam, b.lambda_version) for b in back] == [(b.time, b.lam, b.lambda_version) for b in batches]
+
+
+def test_a_merged_entry_is_refused_naming_the_field_and_holds_one_campaign() -> None:
+    batches = [_batch(2, seed=20), _batch(3, seed=21)]
+    entry = _fields(merged_entry(batches))
+    assert [b.size for b in batches_from_entry(entry)] == [2, 3]
+    with pytest.raises(ValueError, match="'batches'"):
+        batches_from_entry({**entry, b"count": b"6"})
+    with pytest.raises(ValueError, match="'batches'"):
+        batches_from_entry({**entry, b"batches": b"[[1, 2]]"})
+    with pytest.raises(ValueError, match="'treatment'"):
+        batches_from_entry({**entry, b"treatment": entry[b"treatment"][:-8]})
+    other = DecisionBatch(**{**batches[1].__dict__, "campaign": "autumn"})
+    with pytest.raises(ValueError, match="one campaign"):
+        merged_entry([batches[0], other])
