@@ -46,10 +46,10 @@ def per_core(result: LoadResult) -> float:
 
 
 def _cpu(result: LoadResult) -> str:
-    """wrk / server / everything else (Redis, the benchmark itself, other jobs), in shares of one core."""
+    """wrk / server / everything else busy / stolen by the hypervisor, in shares of one core."""
     rest = max(0.0, result.machine_cpu - result.client_cpu - result.server_cpu)
     split = f" ({' + '.join(f'{cpu:.0%}' for cpu in result.worker_cpu)})" if len(result.worker_cpu) > 1 else ""
-    return f"{result.client_cpu:.0%} / {result.server_cpu:.0%}{split} / {rest:.0%}"
+    return f"{result.client_cpu:.0%} / {result.server_cpu:.0%}{split} / {rest:.0%} / {result.steal_cpu:.0%}"
 
 
 def report(
@@ -105,7 +105,7 @@ def report(
         f"Batch runs redone because the kernel gave both connections to one worker: {context['redone']}.",
         "",
         "| workers | body | server time | vs decoding the row body | vs decoding its own body | client p50 "
-        "| individuals/s (client) | CPU: wrk / server / rest |",
+        "| individuals/s (client) | CPU: wrk / server / rest / stolen |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
@@ -124,7 +124,7 @@ def report(
         "**Single-individual requests** (one individual per request, the row body; wrk's own latency "
         "percentiles, and the app's Server-Timing for the same requests):",
         "",
-        "| workers | connections | req/s | p50 | p99 | server p50 / p99 | CPU: wrk / server / rest "
+        "| workers | connections | req/s | p50 | p99 | server p50 / p99 | CPU: wrk / server / rest / stolen "
         "| req/s per server core | load at start |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -141,11 +141,12 @@ def report(
         "req/s per server core: requests over the CPU seconds the server processes used, i.e. what one core "
         "would serve if the server had it to itself (a projection that holds while the server is CPU-bound; "
         "it does not count the CPU wrk needs). CPU columns, in shares of one core (the machine has "
-        f"{os.cpu_count()}): wrk, the server's processes, and the rest of the machine (Redis, which the "
-        "service writes its decision log to, this benchmark's own process, anything else running); with "
-        "several workers, each one's share in brackets. A worker serves the connections the kernel hands its "
-        "socket (SO_REUSEPORT, a hash of the client's address), so with as many connections as workers two "
-        "connections can land on one worker.",
+        f"{os.cpu_count()}): wrk; the server's processes (with several workers, each one's share in brackets); "
+        "the rest of the machine's busy time (Redis, which the service writes its decision log to, the "
+        "kernel's loopback networking, the idle servers, anything else running); and the time the hypervisor "
+        "gave other guests while this VM wanted a core (`steal` in /proc/stat: the VM's drifting speed, made "
+        "visible). A worker serves the connections the kernel hands its socket (SO_REUSEPORT, a hash of the "
+        "client's address), so with as many connections as workers two connections can land on one worker.",
     ]
     failures = sum(r.failures for run in runs for r in (run.rows, run.columns, run.columns_out, *run.single))
     lines += ["", f"Failed requests (non-200 or socket errors) over every run: {failures}.", ""]
@@ -204,7 +205,7 @@ def targets(args: argparse.Namespace, ceilings: Ceilings, runs: list[WorkerRuns]
                 lines.append(
                     f"- 2 workers ≥ 1.6× the req/s of 1 at {single_two.connections} connections: {ratio:.2f}× "
                     f"(the machine: {np.median(scaling):.2f}× for 2 busy processes) "
-                    f"{_yes(ratio >= 1.6)} (CPU, wrk / server / rest: {_cpu(single_one)} with 1 worker, "
+                    f"{_yes(ratio >= 1.6)} (CPU, wrk / server / rest / stolen: {_cpu(single_one)} with 1 worker, "
                     f"{_cpu(single_two)} with 2)"
                 )
     return lines

@@ -39,7 +39,8 @@ class LoadResult:
     server_cpu_p50_ms: float  # Server-Timing cpu: the process's CPU time during the request (one in flight)
     client_cpu: float  # wrk's CPU seconds per wall second (1.0 = one full core)
     server_cpu: float  # the server processes' CPU seconds per wall second
-    machine_cpu: float  # every process's CPU seconds per wall second (/proc/stat): wrk, server, Redis, the rest
+    machine_cpu: float  # the machine's busy CPU seconds per wall second (/proc/stat): wrk, server, Redis, kernel…
+    steal_cpu: float  # CPU seconds per wall second the hypervisor gave other guests while this VM wanted them
     worker_cpu: tuple[float, ...]  # each worker process's share (busiest first; empty for a single process)
     load_before: float  # 1-minute load average when the run started
     failures: int  # non-200 answers and socket errors
@@ -78,7 +79,7 @@ def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid:
         load_before = os.getloadavg()[0]
         server_before = process_tree_cpu(server_pid)
         client_before = _children_cpu()  # wrk is the only child reaped during the run
-        machine_before = machine_busy_cpu()
+        machine_before, steal_before = machine_cpu_times()
         started = time.perf_counter()
         process = subprocess.run(command, env=env, capture_output=True, check=False)
         elapsed = time.perf_counter() - started
@@ -90,7 +91,8 @@ def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid:
             for pid, cpu in server_after.items()
             if pid != server_pid and _is_worker(pid)
         }
-        machine_cpu = machine_busy_cpu() - machine_before
+        machine_after, steal_after = machine_cpu_times()
+        machine_cpu, steal_cpu = machine_after - machine_before, steal_after - steal_before
     out, err = process.stdout, process.stderr
     text = out.decode()
     summary = re.search(
@@ -117,6 +119,7 @@ def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid:
         client_cpu=client_cpu / elapsed,
         server_cpu=server_cpu / elapsed,
         machine_cpu=machine_cpu / elapsed,
+        steal_cpu=steal_cpu / elapsed,
         worker_cpu=tuple(sorted((cpu / elapsed for cpu in workers.values()), reverse=True)),
         load_before=load_before,
         failures=non200 + errors,
@@ -131,11 +134,13 @@ def _is_worker(pid: int) -> bool:
         return False
 
 
-def machine_busy_cpu() -> float:
-    """CPU seconds every core spent busy since boot (/proc/stat: all but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / CLOCK_TICKS  # user … steal; guest time is already counted in user
+def machine_cpu_times() -> tuple[float, float]:
+    """CPU seconds, over all cores since boot, spent busy here (user, nice, system, irq, softirq) and stolen
+    by the hypervisor for other guests (steal: this VM wanted the CPU and did not get it). /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
 def _children_cpu() -> float:
@@ -176,6 +181,7 @@ def combine(runs: list[LoadResult]) -> LoadResult:
         client_cpu=weighted([r.client_cpu for r in runs]),
         server_cpu=weighted([r.server_cpu for r in runs]),
         machine_cpu=weighted([r.machine_cpu for r in runs]),
+        steal_cpu=weighted([r.steal_cpu for r in runs]),
         worker_cpu=worker_cpu,
         load_before=runs[0].load_before,
         failures=sum(r.failures for r in runs),
