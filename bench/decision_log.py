@@ -7,7 +7,8 @@ Runs in-process, as the service does: `DecisionLog.append` (what /allocate calls
 loop, against a redis-server started on a free port; `--per-round` batches are appended before each round, as
 requests arriving while a round is in flight are coalesced into the next one. Reports this process's CPU time
 (all threads; redis-server's own CPU is not counted) per batch and per decision for:
-- format 2, one stream entry per batch (what the shipper writes);
+- the shipper as it runs: one stream entry per batch (format 2), or per round and campaign when a round
+  holds several batches (format 3);
 - format 1, one stream entry per decision (the layout before, rebuilt here as it was for the comparison);
 - the packing alone (`DecisionBatch.entry`), on the loop and through `asyncio.to_thread`, to decide whether
   packing off the event loop pays.
@@ -116,7 +117,7 @@ async def measure(url: str, n: int, d: int, rounds: int, per_round: int) -> dict
     batches = [make_batch(n, d, rng) for _ in range(8)]
     results: dict[str, float] = {}
     kinds: list[tuple[str, type[DecisionLog]]] = [
-        ("format 2: one entry per batch", DecisionLog),
+        ("shipper: one entry per batch (format 2) or per round (format 3)", DecisionLog),
         ("format 1: one entry per decision", FormatOneLog),
     ]
     for name, cls in kinds:
