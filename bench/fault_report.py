@@ -10,8 +10,9 @@ from typing import Any
 # What the findings seen in this suite's runs were, read from schemathesis's reproductions.
 KNOWN_FINDINGS = {
     "ST202": "ST202 (schema-valid request rejected): 422s for limits a JSON Schema cannot state: a total budget "
-    "whose per-capita value is below the cheapest policy or above the λ = 0 policy of the loaded model, and "
-    "finite features so extreme that the model's float32 predictions overflow (answered 422 naming the individual).",
+    "whose per-capita value is below the cheapest policy or above the λ = 0 policy of the loaded model, "
+    "columnar arrays (`allowed_treatments`, a column) whose length differs from `ids`', and finite features so "
+    "extreme that the model's float32 predictions overflow (answered 422 naming the individual).",
     "ST205": "ST205 (Allow header mismatch): `OPTIONS /budget` gets Starlette's 405 whose `Allow` lists only the "
     "first route of the path (POST), not GET as well.",
 }

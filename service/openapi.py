@@ -59,7 +59,7 @@ def _one_error_schema(schema: dict[str, Any]) -> None:
 def _narrow_allocate_body(schema: dict[str, Any], manifest: Manifest) -> None:
     body = schema["paths"]["/allocate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     rows, columns = body["oneOf"]  # `schemas.allocate_request_body`: the row form, then the columnar form
-    _narrow_columnar_body(columns["properties"], manifest)
+    _narrow_columnar_body(columns, manifest)
     individual = rows["properties"]["individuals"]["items"]["properties"]
     individual["id"]["anyOf"] = [{"type": "string", "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]
     width = manifest.n_features
@@ -105,17 +105,23 @@ def _narrow_allocate_body(schema: dict[str, Any], manifest: Manifest) -> None:
     }
 
 
-def _narrow_columnar_body(fields: dict[str, Any], manifest: Manifest) -> None:
-    """`columns`: D arrays (one per feature); `matrix`: arrays of D numbers; ids and treatment ids as for rows."""
+def _narrow_columnar_body(body: dict[str, Any], manifest: Manifest) -> None:
+    """`columns`: D arrays (one per feature); `matrix`: arrays of D numbers; exactly one of the two (not null);
+    ids and treatment ids as for rows."""
+    fields = body["properties"]
     width = manifest.n_features
     fields["ids"]["items"] = {"anyOf": [{"type": "string", "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]}
     column = {"type": "array", "items": NUMBER, "minItems": 1}
-    fields["columns"]["anyOf"][0] = {"type": "array", "items": column, "minItems": width, "maxItems": width}
     row = {"type": "array", "items": NUMBER, "minItems": width, "maxItems": width}
-    fields["matrix"]["anyOf"][0] = {"type": "array", "items": row, "minItems": 1}
+    for name, schema in (
+        ("columns", {"type": "array", "items": column, "minItems": width, "maxItems": width}),
+        ("matrix", {"type": "array", "items": row, "minItems": 1}),
+    ):
+        fields[name] = {**schema, "description": fields[name].get("description", "")}
+    body["oneOf"] = [{"required": ["columns"]}, {"required": ["matrix"]}]
     treatments = {"type": "integer", "minimum": 0, "maximum": manifest.n_treatments - 1}
     allowed = {"anyOf": [{"type": "array", "items": treatments, "minItems": 1}, {"type": "null"}]}
-    fields["allowed_treatments"]["anyOf"][0] = {"type": "array", "items": allowed}
+    fields["allowed_treatments"]["anyOf"][0] = {"type": "array", "items": allowed, "minItems": 1}  # one per id
 
 
 def _narrow_budget_body(schema: dict[str, Any], lowest: float, highest: float) -> None:

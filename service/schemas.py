@@ -223,7 +223,8 @@ def budget_body_schema() -> dict[str, Any]:
 
 
 class ExplorationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `true` or "1" is not a share (lax pydantic read them as 1.0: every decision explored).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     epsilon: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="share of decisions explored, 0..1")
 

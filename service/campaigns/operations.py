@@ -79,7 +79,7 @@ class CampaignHistoryOut(BaseModel):
 class RealizedReport(BaseModel):
     """Realized cost that came in (redemptions), and the predicted cost of the decisions it covers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # numbers only: `true` is not a cost of 1
 
     realized_cost: float = Field(ge=0, le=MAX_AMOUNT, description="realized cost since the last report")
     predicted_cost: float = Field(ge=0, le=MAX_AMOUNT, description="predicted cost of those decisions")

@@ -6,10 +6,12 @@ import math
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.errors import json_type
 
 PacingMode = Literal["even", "asap", "off"]
 MAX_PROFILE_POINTS = 1440  # one weight per minute of a day
@@ -21,7 +23,10 @@ class CampaignSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    total_budget: float = Field(description="total predicted cost the campaign may commit (hard cap)")
+    # Strict numbers and booleans: lax pydantic read `true` as a budget of 1 and "yes" as paused.
+    total_budget: float = Field(
+        strict=True, gt=0, le=MAX_AMOUNT, description="total predicted cost the campaign may commit (hard cap)"
+    )
     start: datetime = Field(description="flight start (ISO 8601 with a time zone)")
     end: datetime = Field(description="flight end (ISO 8601 with a time zone), after start")
     pacing: PacingMode = Field(
@@ -29,26 +34,32 @@ class CampaignSpec(BaseModel):
         description="'even': spend follows the (traffic-weighted) flight; 'asap': as fast as the cap allows; "
         "'off': the reference-population λ* for total_budget ÷ expected_audience, never moved",
     )
-    expected_audience: int = Field(description="individuals the budget is meant to cover (initial λ*)")
-    paused: bool = Field(default=False, description="paused campaigns give everyone the cheapest treatment")
-    traffic_profile: list[float] | None = Field(
+    expected_audience: int = Field(ge=1, description="individuals the budget is meant to cover (initial λ*)")
+    paused: bool = Field(
+        default=False, strict=True, description="paused campaigns give everyone the cheapest treatment"
+    )
+    traffic_profile: list[Annotated[float, Field(strict=True)]] | None = Field(
         default=None,
         description="expected traffic over equal parts of the flight (relative weights, e.g. 24 hourly values); "
         "'even' pacing spends in proportion to it; unset: uniform in time",
     )
 
-    @field_validator("total_budget")
+    @field_validator("expected_audience", mode="before")
     @classmethod
-    def _positive_budget(cls, value: float) -> float:
-        if not math.isfinite(value) or not 0 < value <= MAX_AMOUNT:
-            raise ValueError(f"must be a positive number up to {MAX_AMOUNT:g}, got {value}")
+    def _whole_number(cls, value: Any) -> Any:
+        """An integer, or a float with no fraction (JSON Schema's integer admits 5.0); not `true`, not "5"."""
+        if type(value) is float and value.is_integer():
+            return int(value)
+        if type(value) is not int:
+            raise ValueError(f"must be a positive integer, got {json_type(value)}")
         return value
 
-    @field_validator("expected_audience")
+    @field_validator("start", "end", mode="before")
     @classmethod
-    def _positive_audience(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError(f"must be a positive integer, got {value}")
+    def _text_time(cls, value: Any) -> Any:
+        """An ISO 8601 string: lax pydantic read a bare number as seconds since 1970."""
+        if not isinstance(value, str | datetime):
+            raise ValueError(f"expected an ISO 8601 date-time string, got {json_type(value)}")
         return value
 
     @field_validator("start", "end")

@@ -78,6 +78,37 @@ def test_writes_need_the_admin_token_and_a_valid_spec(client: TestClient) -> Non
     assert report.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("total_budget", True),
+        ("total_budget", "1000"),
+        ("expected_audience", True),
+        ("expected_audience", "1000"),
+        ("expected_audience", 1000.5),
+        ("paused", "yes"),
+        ("paused", 1),
+        ("start", 0),
+        ("traffic_profile", [1.0, True]),
+    ],
+)
+def test_a_spec_takes_json_types_as_they_are(client: TestClient, field: str, value: Any) -> None:
+    """Lax parsing read `true` as a budget of 1, "yes" as paused and 0 as a 1970 start: money moved on a typo."""
+    bad = client.put("/campaigns/c1", json={**spec(10.0), field: value}, headers=ADMIN)
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["detail"].startswith(field), bad.json()["detail"]
+    assert client.put("/campaigns/c1", json=spec(10, expected_audience=1000.0), headers=ADMIN).status_code == 200
+
+
+def test_a_realized_report_takes_numbers_only(client: TestClient) -> None:
+    assert client.put("/campaigns/c2", json=spec(10.0), headers=ADMIN).status_code == 200
+    for bad in ({"realized_cost": True, "predicted_cost": 1}, {"realized_cost": 1, "predicted_cost": "1"}):
+        response = client.post("/campaigns/c2/realized", json=bad, headers=ADMIN)
+        assert response.status_code == 422, (bad, response.text)
+    good = client.post("/campaigns/c2/realized", json={"realized_cost": 1, "predicted_cost": 1.5}, headers=ADMIN)
+    assert good.status_code == 204, good.text
+
+
 def test_the_cap_holds_and_says_why(client: TestClient) -> None:
     budget = 25.0
     client.put("/campaigns/tight", json=spec(budget, pacing="asap", expected_audience=40), headers=ADMIN)

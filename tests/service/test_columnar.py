@@ -132,6 +132,9 @@ def test_openapi_documents_both_body_forms_with_examples(client: TestClient) -> 
     rows, columns = content["schema"]["oneOf"]
     assert set(rows["properties"]) == {"campaign", "individuals"}
     assert set(columns["properties"]) == {"campaign", "ids", "columns", "matrix", "allowed_treatments", "response"}
+    # Exactly one of the two, never null: a body with both is refused, so the schema must not admit it.
+    assert columns["oneOf"] == [{"required": ["columns"]}, {"required": ["matrix"]}]
+    assert columns["properties"]["columns"]["type"] == columns["properties"]["matrix"]["type"] == "array"
     assert set(content["examples"]) == {"rows", "columns", "matrix"}
     answers = spec["paths"]["/allocate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert {ref["$ref"].rsplit("/", 1)[1] for ref in answers["anyOf"]} == {
