@@ -163,11 +163,16 @@ def admin_operations(openapi: dict[str, Any]) -> list[tuple[str, re.Pattern[str]
     """
     operations = []
     for path, methods in openapi.get("paths", {}).items():
-        pattern = re.compile(re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path)))
+        pattern = path_pattern(path)
         for method, operation in methods.items():
             if operation.get("security"):
                 operations.append((method.upper(), pattern))
     return operations
+
+
+def path_pattern(template: str) -> re.Pattern[str]:
+    """A regex for an OpenAPI path template (`/campaigns/{campaign}` matches `/campaigns/spring`), to fullmatch."""
+    return re.compile(re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(template)))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

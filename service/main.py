@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import openapi
 from service.config import Settings
 from service.errors import RequestError, StoreUnavailableError, WriteOutcomeUnknownError
-from service.guards import DrainState, Guard
+from service.guards import DrainState, Guard, path_pattern
 from service.routes import allocate, budget, campaigns, console, exploration, system
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import problems
@@ -130,12 +130,28 @@ UNPARSABLE_BODY = "There was an error parsing the body"
 
 async def _http_error(request: Request, error: Exception) -> Any:
     """FastAPI's HTTPException answers as FastAPI gives them, except an undecodable body: 422 naming the body,
-    like every other malformed body (a JSON syntax error is already a 422)."""
+    like every other malformed body (a JSON syntax error is already a 422); and a 405's `Allow` lists every
+    method of the path, not only those of the first route Starlette matched (`/budget` has GET and POST)."""
     assert isinstance(error, HTTPException)  # registered for HTTPException only
     if error.status_code == status.HTTP_400_BAD_REQUEST and error.detail == UNPARSABLE_BODY:
         detail = "body: invalid JSON (the bytes are not UTF-8 text)"
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    if error.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = _allowed_methods(request.app, request.url.path)
+        if allowed:
+            return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers={"Allow": allowed})
     return await http_exception_handler(request, error)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    """The methods the published API has for `path` (HEAD with GET, as Starlette serves it), an `Allow` value."""
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        if path_pattern(template).fullmatch(path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def _store_unavailable(_: Request, error: Exception) -> JSONResponse:

@@ -340,3 +340,20 @@ def test_the_hot_path_answers_as_the_fastapi_route_it_bypasses(
     assert answers[0].headers["content-type"] == answers[1].headers["content-type"] == "application/json"
     bodies = [re.sub(r'"[0-9a-f]{16}-[0-9a-f]+"', '"<decision>"', a.text) for a in answers]
     assert bodies[0] == bodies[1]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/budget", "GET, HEAD, POST"),
+        ("DELETE", "/campaigns/spring", "GET, HEAD, PUT"),
+        ("GET", "/allocate", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(client: TestClient, method: str, path: str, allow: str) -> None:
+    """Starlette's 405 listed the methods of the first route it matched only (`OPTIONS /budget`: POST; schemathesis
+    ST205), so a client that trusted `Allow` would never find GET /budget."""
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
