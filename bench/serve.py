@@ -203,7 +203,7 @@ def run_rounds(
     ceiling: Callable[[], Ceilings],
 ) -> tuple[list[Ceilings], list[float], int, dict[tuple[str, Any, int], LoadResult]]:
     """Every load `args.rounds` times, interleaved: round 1 runs each load once, then round 2, … So the
-    machine's drifting speed (±25% from one 10 s to the next on this VM) falls on every load alike and the
+    machine's drifting speed (±25% from one run to the next on this VM) falls on every load alike and the
     ratios between them (workers, the trivial app, the ceilings, measured again each round) hold.
 
     Returns the ceilings and the machine's 2-process scaling of each round, how many batch runs were redone
