@@ -45,7 +45,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check service training bench tests
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy service training
+	$(BIN)/mypy service training bench
 
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest -q

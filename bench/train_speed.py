@@ -54,9 +54,9 @@ def epoch_seconds(method: str, rct: Logs, obs: Logs, upper_rct: Logs, val: Logs,
         _, history = fit_single_level(rct, val, config, progress=False)
         return history.seconds[-1]  # the decision epoch
     upper = method.removeprefix("bidfcl-")
-    config = BiDFCLConfig(epochs=2, warm_start_epochs=1, upper_loss=upper)
-    _, history = fit_bidfcl(obs, upper_rct, val, config, teacher=teacher, progress=False)
-    return float(history["seconds"][-1])  # the bilevel epoch
+    bilevel = BiDFCLConfig(epochs=2, warm_start_epochs=1, upper_loss=upper)
+    _, bilevel_history = fit_bidfcl(obs, upper_rct, val, bilevel, teacher=teacher, progress=False)
+    return float(bilevel_history["seconds"][-1])  # the bilevel epoch
 
 
 def measure(
