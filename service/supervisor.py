@@ -118,7 +118,8 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 
     With one shared socket, the worker that wakes first accepts every connection that is waiting: 16 clients
     connecting at once all landed on one of two workers (bench.serve measured 1.07× the throughput of one).
-    With a socket each, the kernel spreads new connections over the workers by a hash of their addresses.
+    With a socket each, the kernel spreads new connections over the workers by a hash of their addresses
+    (Linux, where the service is deployed; macOS and the BSDs hand every connection to one of the sockets).
     Port 0 picks a free port once; every other socket joins it.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
