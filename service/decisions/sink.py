@@ -110,7 +110,7 @@ def entries_table(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pa.Table:
             batches = batches_from_entry(fields)
         except ValueError as error:
             raise ValueError(f"stream entry {stream_id.decode()}: {error}") from error
-        tables.extend(batch_table(batch, stream_id.decode()) for batch in batches)
+        tables.append(batches_table(batches, stream_id.decode()))
     if single:
         tables.append(_single_rows_table(single))
     if not tables:
@@ -118,24 +118,34 @@ def entries_table(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
-def batch_table(batch: DecisionBatch, stream_id: str) -> pa.Table:
-    """One batch's rows, built column by column (numpy and Arrow; Python work only for the id strings)."""
-    n = batch.size
-    when = datetime.fromtimestamp(batch.time, UTC)  # rounded to the microsecond exactly as format 1 rows were
-    micros = (when - EPOCH) // timedelta(microseconds=1)
-    features = np.ascontiguousarray(batch.features, dtype=np.float32)
+def batches_table(batches: list[DecisionBatch], stream_id: str) -> pa.Table:
+    """The rows of one entry's batches (one, or a shipping round's), built column by column: numpy and Arrow
+    over all rows at once, per-batch scalars repeated over their rows; Python work only for the id strings.
+    (A table per batch cost ≈ 120 µs per single-row request, more than the service spends deciding it.)"""
+    sizes = np.array([batch.size for batch in batches])
+    n = int(sizes.sum())
+    # Rounded to the microsecond exactly as format 1 rows were.
+    micros = [(datetime.fromtimestamp(batch.time, UTC) - EPOCH) // timedelta(microseconds=1) for batch in batches]
+    features = np.ascontiguousarray(np.concatenate([batch.features for batch in batches]), dtype=np.float32)
     offsets = np.arange(n + 1, dtype=np.int32) * np.int32(features.shape[1])
+
+    def repeated(values: list[Any], dtype: Any) -> NDArray[Any]:
+        return np.repeat(np.array(values, dtype=dtype), sizes)
+
+    def joined(name: str, dtype: Any) -> NDArray[Any]:
+        return np.concatenate([getattr(batch, name) for batch in batches]).astype(dtype, copy=False)
+
     columns = [
-        pa.array(batch.decision_ids, type=pa.string()),
-        pa.array(np.full(n, micros, dtype=np.int64)).cast(SCHEMA.field("time").type),
-        pa.array(np.full(n, batch.campaign, dtype=object), type=pa.string()),
-        pa.array([str(individual) for individual in batch.individuals], type=pa.string()),
-        pa.array(np.full(n, batch.model_version, dtype=object), type=pa.string()),
-        pa.array(np.full(n, batch.lam, dtype=np.float64)),
-        pa.array(np.full(n, batch.lambda_version, dtype=np.int64)),
-        pa.array(batch.treatment.astype(np.int64, copy=False)),
-        pa.array(batch.propensity.astype(np.float64, copy=False)),
-        pa.array(batch.explore.astype(np.bool_, copy=False)),
+        pa.array([i for batch in batches for i in batch.decision_ids], type=pa.string()),
+        pa.array(repeated(micros, np.int64)).cast(SCHEMA.field("time").type),
+        pa.array(repeated([batch.campaign for batch in batches], object), type=pa.string()),
+        pa.array([str(individual) for batch in batches for individual in batch.individuals], type=pa.string()),
+        pa.array(repeated([batch.model_version for batch in batches], object), type=pa.string()),
+        pa.array(repeated([batch.lam for batch in batches], np.float64)),
+        pa.array(repeated([batch.lambda_version for batch in batches], np.int64)),
+        pa.array(joined("treatment", np.int64)),
+        pa.array(joined("propensity", np.float64)),
+        pa.array(joined("explore", np.bool_)),
         pa.ListArray.from_arrays(pa.array(offsets), pa.array(features.reshape(-1))),
         pa.array(np.full(n, stream_id, dtype=object), type=pa.string()),
     ]
