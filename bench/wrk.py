@@ -95,9 +95,7 @@ def run_wrk(url: str, body: bytes, connections: int, seconds: float, server_pid:
         machine_cpu, steal_cpu = machine_after - machine_before, steal_after - steal_before
     out, err = process.stdout, process.stderr
     text = out.decode()
-    summary = re.search(
-        r"BENCH non200=(\d+) errors=(\d+) requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)", text
-    )
+    summary = SUMMARY.search(text)
     timings = re.search(r"BENCH server_ms=([\d.,]*)", text)
     cpu_timings = re.search(r"BENCH cpu_ms=([\d.,]*)", text)
     if process.returncode != 0 or summary is None or timings is None or cpu_timings is None:

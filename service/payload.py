@@ -213,26 +213,17 @@ def encode_allocations(
     """
     rows = np.arange(len(treatment))
     chosen = treatment.tolist()
+    # The fields of `_DecidedAllocation`, in its order, one column each (decision_id only when given).
+    columns: dict[str, Any] = {
+        "id": ids,
+        "treatment": chosen,
+        "treatment_name": list(map(treatment_names.__getitem__, chosen)),
+        "expected_revenue": revenue[rows, treatment].tolist(),
+        "expected_cost": cost[rows, treatment].tolist(),
+    }
+    if decision_ids is not None:
+        columns["decision_id"] = decision_ids
     if columnar:
-        fields = {
-            "id": ids,
-            "treatment": chosen,
-            "treatment_name": list(map(treatment_names.__getitem__, chosen)),
-            "expected_revenue": revenue[rows, treatment].tolist(),
-            "expected_cost": cost[rows, treatment].tolist(),
-        }
-        if decision_ids is not None:
-            fields["decision_id"] = decision_ids
-        return _RESPONSE_ENCODER.encode({"allocations": fields, **header})
-    columns = (
-        ids,
-        chosen,
-        map(treatment_names.__getitem__, chosen),
-        revenue[rows, treatment].tolist(),
-        cost[rows, treatment].tolist(),
-    )
-    if decision_ids is None:
-        allocations: list[Any] = list(map(_Allocation, *columns))
-    else:
-        allocations = list(map(_DecidedAllocation, *columns, decision_ids))
-    return _RESPONSE_ENCODER.encode({"allocations": allocations, **header})
+        return _RESPONSE_ENCODER.encode({"allocations": columns, **header})
+    row = _Allocation if decision_ids is None else _DecidedAllocation
+    return _RESPONSE_ENCODER.encode({"allocations": list(map(row, *columns.values())), **header})

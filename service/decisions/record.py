@@ -101,8 +101,6 @@ class DecisionBatch:
 
     def entry(self) -> dict[str, bytes | str]:
         """The batch's one stream entry (format 2, see the module docstring)."""
-        arrays = {name: np.ascontiguousarray(getattr(self, name), dtype=dtype) for name, (dtype, _) in ARRAYS.items()}
-        layout = {name: [array.dtype.str, list(array.shape)] for name, array in arrays.items()}
         return {
             "format": FORMAT,
             "token": self.token,
@@ -113,8 +111,7 @@ class DecisionBatch:
             "lambda": repr(float(self.lam)),
             "lambda_version": str(self.lambda_version),
             "individuals": _individuals_json(self.individuals),
-            "layout": orjson.dumps(layout),
-            **{name: array.tobytes() for name, array in arrays.items()},
+            **_array_fields([self]),
         }
 
     @classmethod
@@ -144,11 +141,6 @@ def merged_entry(batches: list[DecisionBatch]) -> dict[str, bytes | str]:
     first = batches[0]
     if any(b.campaign != first.campaign or b.model_version != first.model_version for b in batches):
         raise ValueError("one entry holds batches of one campaign and model version")
-    arrays = {
-        name: np.ascontiguousarray(np.concatenate([getattr(b, name) for b in batches]), dtype=dtype)
-        for name, (dtype, _) in ARRAYS.items()
-    }
-    layout = {name: [array.dtype.str, list(array.shape)] for name, array in arrays.items()}
     meta = [[b.token, b.size, b.time, float(b.lam), b.lambda_version] for b in batches]
     individuals = [individual for b in batches for individual in b.individuals]
     return {
@@ -158,9 +150,21 @@ def merged_entry(batches: list[DecisionBatch]) -> dict[str, bytes | str]:
         "count": str(len(individuals)),
         "batches": orjson.dumps(meta),
         "individuals": _individuals_json(individuals),
-        "layout": orjson.dumps(layout),
-        **{name: array.tobytes() for name, array in arrays.items()},
+        **_array_fields(batches),
     }
+
+
+def _array_fields(batches: list[DecisionBatch]) -> dict[str, bytes]:
+    """`layout` and the little-endian bytes of each array of `ARRAYS`, the batches' rows in order."""
+    arrays = {
+        name: np.ascontiguousarray(
+            getattr(batches[0], name) if len(batches) == 1 else np.concatenate([getattr(b, name) for b in batches]),
+            dtype=dtype,
+        )
+        for name, (dtype, _) in ARRAYS.items()
+    }
+    layout = {name: [array.dtype.str, list(array.shape)] for name, array in arrays.items()}
+    return {"layout": orjson.dumps(layout), **{name: array.tobytes() for name, array in arrays.items()}}
 
 
 def batches_from_entry(fields: dict[bytes, bytes]) -> list[DecisionBatch]:
